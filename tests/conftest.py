@@ -1,0 +1,59 @@
+"""Shared fixtures: the real data beside the checkout and a tiny randomly initialised BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CS224N = SHARED_DATA / "cs224n"
+AMAZON = SHARED_DATA / "amazon"
+
+TINY_WORDS = (
+    "the a an is was and or but not no very good bad great terrible movie film story plot "
+    "actor acting fun boring what how why who where when can do does i you it this that of to "
+    "in on for with best worst love hate question answer same different man woman dog cat "
+    "play plays playing run runs ? . , ! ' s"
+).split()
+
+
+@pytest.fixture(scope="session")
+def cs224n_dir() -> Path:
+    if not (CS224N / "ids-sst-train.csv").exists():
+        pytest.fail(f"the real CS224N data is expected beside the checkout at {CS224N}")
+    return CS224N
+
+
+@pytest.fixture(scope="session")
+def amazon_dir() -> Path:
+    if not AMAZON.is_dir():
+        pytest.fail(f"the real Amazon review samples are expected beside the checkout at {AMAZON}")
+    return AMAZON
+
+
+def make_tiny_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
+    """Write a randomly initialised BERT and a word-level vocab tokenizer to ``directory``."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(directory)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
