@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     # A local directory holding the CS224N files, or an http(s) URL base they are fetched from.
-    source: str = "https://raw.githubusercontent.com/cs224n-default-final-project/data/main"
+    source: str = "https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/main/data"
     # Optional cap on training rows per task (a seeded sample), for CPU-sized runs; null = all.
     train_rows: dict[str, int] = field(default_factory=dict)
 
@@ -293,7 +293,8 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
     augment = _check_type(raw.get("augment", []), list[str], f"{where}.augment")
     bad = [a for a in augment if a not in AUGMENT_SOURCES]
     if bad:
-        raise ConfigError(f"{where}.augment: unknown source(s) {bad}; known: {list(AUGMENT_SOURCES)}")
+        raise ConfigError(
+            f"{where}.augment: unknown source(s) {bad}; known: {list(AUGMENT_SOURCES)}")
     if augment and "sst" not in tasks:
         raise ConfigError(f"{where}.augment: augmented data is SST data, but tasks has no sst")
     built = {
@@ -314,7 +315,8 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     known = {"data", "augment", "models", "ensemble", *MEMBER_SECTIONS}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"params.yaml: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(
+            f"params.yaml: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     sections = {key: build(cls, raw.get(key), f"params.yaml: {key}") for key, cls in
                 MEMBER_SECTIONS.items()}
     models_raw = raw.get("models") or {}

@@ -1,0 +1,169 @@
+"""Training throughput of bestfit's loop vs. a plain loop that pads every batch to 128 tokens.
+
+    python bench/bench_train.py [--backbone minilm] [--steps 30] [--batch-size 16]
+
+Both loops train the same model on the same real SST, QQP and STS training batches (round robin,
+AdamW, grad clipping). bestfit's is the real trainer (`Trainer.train_epoch`): tokenized once,
+length-grouped batches, padding to each batch's longest sequence, bf16 autocast. The plain loop
+tokenizes each batch with ``padding="max_length", max_length=128`` and runs in fp32. Each loop
+runs in its own process, so peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+Prints samples/s, real (non-pad) tokens/s and peak memory per loop, and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
+from pipeline.data import prepare
+from pipeline.evaluate import autocast
+from pipeline.losses import task_loss
+from pipeline.model import MultitaskModel
+from pipeline.train import Trainer, load_tokenizer, member_frames, tokenize_member_data
+
+TASKS = ["sst", "qqp", "sts"]
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
+
+
+def bench_member(backbone: str, steps: int, batch_size: int, precision: str, device: str
+                 ) -> MemberConfig:
+    params = parse_params({"models": {"bench": {"tasks": TASKS}}})
+    member = params.models["bench"]
+    return dataclasses.replace(
+        member,
+        model=dataclasses.replace(ModelConfig(), backbone=backbone),
+        train=dataclasses.replace(TrainConfig(), epochs=1, batches_per_epoch=steps + WARMUP,
+                                  batch_size=batch_size, schedule="round_robin",
+                                  precision=precision, device=device, warmup_ratio=0.0),
+    )
+
+
+WARMUP = 3
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bestfit(args: argparse.Namespace, precision: str, queue: mp.Queue) -> None:
+    torch.set_num_threads(args.threads)
+    member = bench_member(args.backbone, args.steps, args.batch_size, precision, args.device)
+    frames = member_frames(member, args.prepared, args.prepared)
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(frames, member, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(member, data, tokenizer, Path(tmp))
+        order = trainer.plan.tasks[0]
+        iterators = trainer._batches(1)
+        sums = {t: [torch.zeros((), device=trainer.device), 0] for t in TASKS}
+        trainer.model.train()
+        lengths = {t: d.lengths() for t, d in trainer.train_sets.items()}
+        for step in order[:WARMUP]:
+            trainer._step([step], iterators, sums)
+        samples = tokens = 0
+        began = time.perf_counter()
+        # Same code path as train_epoch, with the batch sizes and lengths counted on the way.
+        for step in order[WARMUP:]:
+            index = next(iterators[step])
+            iterators_one = {step: iter([index])}
+            trainer._step([step], iterators_one, sums)
+            samples += len(index)
+            tokens += int(lengths[step][index].sum())
+        sync(trainer.device)
+        seconds = time.perf_counter() - began
+    queue.put(("bestfit " + precision, samples, tokens, seconds, peak_memory_mb(trainer.device)))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
+    torch.set_num_threads(args.threads)
+    member = bench_member(args.backbone, args.steps, args.batch_size, "fp32", args.device)
+    frames = member_frames(member, args.prepared, args.prepared)
+    tokenizer = load_tokenizer(member.model.backbone)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    torch.manual_seed(0)
+    model = MultitaskModel(member.model, TASKS).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    model.train()
+    samples = tokens = 0
+    began = 0.0
+    for step in range(args.steps + WARMUP):
+        if step == WARMUP:
+            sync(device)
+            samples = tokens = 0
+            began = time.perf_counter()
+        task = TASKS[step % len(TASKS)]
+        frame = frames[task]["train"]
+        rows = frame.iloc[rng.choice(len(frame), args.batch_size, replace=False)]
+        texts = ([rows["sentence"].tolist()] if task == "sst"
+                 else [rows["sentence1"].tolist(), rows["sentence2"].tolist()])
+        enc = tokenizer(*texts, padding="max_length", truncation=True, max_length=128,
+                        return_tensors="pt")
+        inputs = [{k: v.to(device) for k, v in enc.items()}]
+        labels = torch.tensor(rows["label"].to_numpy(np.float32 if task == "sts" else np.int64),
+                              device=device)
+        loss = task_loss(task, model(task, inputs), labels, 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        samples += len(rows)
+        tokens += int(enc["attention_mask"].sum())
+    sync(device)
+    seconds = time.perf_counter() - began
+    queue.put(("plain fp32, pad 128", samples, tokens, seconds, peak_memory_mb(device)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="minilm")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args.prepared = Path(tmp)
+        prepare(str(args.data), args.prepared, {}, 0, args.prepared / "raw")
+        ctx = mp.get_context("spawn")
+        results = []
+        jobs = [(run_plain, (args,)), (run_bestfit, (args, "fp32")),
+                (run_bestfit, (args, "bf16"))]
+        for target, job_args in jobs:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=target, args=(*job_args, queue))
+            proc.start()
+            results.append(queue.get())
+            proc.join()
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    print(f"backbone={args.backbone} device={device} threads={args.threads} "
+          f"batch={args.batch_size} steps={args.steps} (SST/QQP/STS round robin, real data)")
+    print(f"{'loop':<22}{'samples/s':>11}{'tokens/s':>11}{'peak MB':>10}{'speed-up':>10}")
+    base = results[0][1] / results[0][3]
+    for name, samples, tokens, seconds, peak in results:
+        rate = samples / seconds
+        print(f"{name:<22}{rate:>11.1f}{tokens / seconds:>11.0f}{peak:>10.0f}{rate / base:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()

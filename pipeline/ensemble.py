@@ -1,0 +1,81 @@
+"""Ensembling members' predictions, and the CS224N submission files.
+
+Per task, the members named in params `ensemble:` are averaged: SST class probabilities
+(argmax of the mean), QQP p(duplicate) (≥ 0.5 of the mean), STS predicted similarity (mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.evaluate import score_predictions
+
+# The CS224N starter code's output names and headers (its "Similiarity" spelling included).
+SUBMISSION = {
+    "sst": ("sst-{split}-output.csv", "Predicted_Sentiment"),
+    "qqp": ("para-{split}-output.csv", "Predicted_Is_Paraphrase"),
+    "sts": ("sts-{split}-output.csv", "Predicted_Similiarity"),
+}
+
+
+def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Average members' prediction tables (rows matched by id) into one table of the same
+    schema."""
+    names = list(frames)
+    if not names:
+        raise ValueError(f"ensemble.{task}: names no member")
+    first = frames[names[0]]
+    ids = first["id"].astype(str)
+    aligned = []
+    for name in names:
+        frame = frames[name].set_index(frames[name]["id"].astype(str))
+        if len(frame) != len(ids) or not frame.index.isin(ids).all() or not ids.isin(
+                frame.index).all():
+            raise ValueError(f"ensemble.{task}: member {name!r} predicted other ids than "
+                             f"member {names[0]!r}")
+        aligned.append(frame.loc[ids])
+    out = pd.DataFrame({"id": ids.to_numpy()})
+    if task == "sts":
+        out["pred"] = np.mean([f["pred"].to_numpy(np.float64) for f in aligned], axis=0
+                              ).astype(np.float32)
+        return out
+    columns = [c for c in first.columns if c.startswith("p") and c[1:].isdigit()]
+    probs = np.mean([f[columns].to_numpy(np.float64) for f in aligned], axis=0)
+    out["pred"] = probs.argmax(axis=1).astype(np.int8)
+    for k, column in enumerate(columns):
+        out[column] = probs[:, k].astype(np.float32)
+    return out
+
+
+def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame]
+                     ) -> dict[str, float]:
+    """Dev metrics of the ensembled predictions against the prepared dev labels (by id)."""
+    labels = {}
+    for task, frame in preds.items():
+        truth = dev[task].set_index(dev[task]["id"].astype(str))["label"]
+        labels[task] = truth.loc[frame["id"]].to_numpy(
+            np.float64 if task == "sts" else np.int64)
+    return score_predictions(preds, labels)
+
+
+def submission_text(task: str, frame: pd.DataFrame) -> str:
+    """One file in the CS224N starter code's format: a header, then ``id , prediction``."""
+    _, header = SUBMISSION[task]
+    lines = [f"id \t {header} "]
+    lines += [f"{i} , {p} " for i, p in zip(frame["id"], frame["pred"], strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def submission_name(task: str, split: str) -> str:
+    return SUBMISSION[task][0].format(split=split)
+
+
+def read_member_predictions(models_dir: Path, member: str, task: str, split: str
+                            ) -> pd.DataFrame:
+    path = Path(models_dir) / member / "predictions" / f"{task}_{split}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; train member {member!r} first (dvc repro)")
+    return pd.read_parquet(path)

@@ -1,0 +1,66 @@
+"""Task losses of BEST-FiT.
+
+- SST: cross-entropy, or ordered CE (CE + w·(Σ_j p_j·j − y)², which also penalises how far the
+  expected class lands from the true one; BEST-FiT uses w = 0.1).
+- QQP: binary cross-entropy on the logit.
+- STS: mean squared error on the predicted similarity (0–5).
+- Contrastive loss on cosine distance d = 1 − cos(e1, e2) of separately encoded sentences
+  (Hadsell, Chopra & LeCun 2006), in the two forms BEST-FiT uses:
+  categorical ½[y·d² + (1−y)·max(m − d, 0)²] with margin m for QQP, and continuous |y/20 − d²|
+  for STS (y in 0–5). All losses are means over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def ordered_cross_entropy(logits: Tensor, labels: Tensor, weight: float) -> Tensor:
+    """CE + weight · mean((Σ_j softmax(logits)_j · j − y)²); weight 0 gives plain CE."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, labels)
+    if weight == 0.0:
+        return ce
+    classes = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    expected = (logits.softmax(-1) * classes).sum(-1)
+    return ce + weight * (expected - labels.to(logits.dtype)).pow(2).mean()
+
+
+def binary_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def mse(pred: Tensor, labels: Tensor) -> Tensor:
+    return F.mse_loss(pred.float(), labels.float())
+
+
+def categorical_contrastive(distance: Tensor, labels: Tensor, margin: float) -> Tensor:
+    """½·mean[y·d² + (1−y)·max(m − d, 0)²] for binary labels y (1 = same meaning)."""
+    y = labels.to(distance.dtype)
+    return 0.5 * (y * distance.pow(2) + (1 - y) * (margin - distance).clamp(min=0).pow(2)).mean()
+
+
+def continuous_contrastive(distance: Tensor, labels: Tensor) -> Tensor:
+    """mean |y/20 − d²| for similarities y in 0–5."""
+    return (labels.to(distance.dtype) / 20.0 - distance.pow(2)).abs().mean()
+
+
+def task_loss(task: str, output: Tensor, labels: Tensor, ordered_ce_weight: float) -> Tensor:
+    """The supervised loss of one task's batch."""
+    if task == "sst":
+        return ordered_cross_entropy(output, labels, ordered_ce_weight)
+    if task == "qqp":
+        return binary_cross_entropy(output, labels)
+    if task == "sts":
+        return mse(output, labels)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def contrastive_loss(task: str, distance: Tensor, labels: Tensor, margin: float) -> Tensor:
+    if task == "qqp":
+        return categorical_contrastive(distance, labels, margin)
+    if task == "sts":
+        return continuous_contrastive(distance, labels)
+    raise ValueError(f"the contrastive loss applies to pair tasks, not {task!r}")

@@ -1,0 +1,417 @@
+"""pipeline.data on the real CS224N files (their quirks) and on small files written here."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data import (
+    SPLITS,
+    TASKS,
+    DataError,
+    cap_rows,
+    fetch_source,
+    load_prepared,
+    prepare,
+    read_task_split,
+)
+
+# Row counts from ../shared/data/README.md; quora-dev has 20,214 rows, 2 with a blank label.
+REAL_ROWS = {
+    ("sst", "train"): 8544,
+    ("sst", "dev"): 1101,
+    ("sst", "test"): 2210,
+    ("qqp", "train"): 13507,
+    ("qqp", "dev"): 20212,
+    ("sts", "train"): 6040,
+    ("sts", "dev"): 863,
+    ("sts", "test"): 1725,
+}
+OUTPUT_NAMES = sorted([f"{t}_{s}.parquet" for t in TASKS for s in SPLITS] + ["report.json"])
+
+
+def write_tsv(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_source(tmp_path: Path) -> Path:
+    """Every CS224N file but quora-test-student.csv (absent here too), two good rows each."""
+    src = tmp_path / "cs224n"
+    src.mkdir()
+    write_tsv(
+        src / "ids-sst-train.csv",
+        ["\tid\tsentence\tsentiment", "0\ts1\t good film\t4", "1\ts2\tbad film\t0"],
+    )
+    write_tsv(
+        src / "ids-sst-dev.csv", ["\tid\tsentence\tsentiment", "0\tsd1\tfun\t3", "1\tsd2\tdull\t1"]
+    )
+    write_tsv(
+        src / "ids-sst-test-student.csv",
+        ["0\t\tid\tsentence", "1\t0.0\tst1\tok film", "2\t1.0\tst2\tgreat"],
+    )
+    for split, label in (("train", "\t1.0"), ("dev", "\t0.0")):
+        write_tsv(
+            src / f"quora-{split}.csv",
+            [
+                "\tid\tsentence1\tsentence2\tis_duplicate",
+                f"7\tq{split}1\tHow?\tWhy?{label}",
+                f"9\tq{split}2\tWho?\tWhom?{label}",
+            ],
+        )
+    for split, label in (("train", "\t4.6"), ("dev", "\t0.0")):
+        write_tsv(
+            src / f"sts-{split}.csv",
+            [
+                "\tid\tsentence1\tsentence2\tsimilarity",
+                f"3\tt{split}1\tA dog.\tA cat.{label}",
+                f"5\tt{split}2\tA man.\tA woman.{label}",
+            ],
+        )
+    write_tsv(src / "sts-test-student.csv", ["\tid\tsentence1\tsentence2", "3\ttt1\tA.\tB."])
+    return src
+
+
+# --- the real files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("task", "split"), sorted(REAL_ROWS))
+def test_real_row_counts(cs224n_dir, task, split):
+    table, report = read_task_split(cs224n_dir, task, split)
+    assert len(table) == report.rows_kept == REAL_ROWS[task, split]
+    assert list(table.columns) == [
+        "id",
+        *(["sentence"] if task == "sst" else ["sentence1", "sentence2"]),
+        "label",
+    ]
+    assert table["id"].is_unique
+    assert table["label"].isna().all() if split == "test" else table["label"].notna().all()
+
+
+def test_real_sst_test_extra_leading_column(cs224n_dir):
+    table, report = read_task_split(cs224n_dir, "sst", "test")
+    assert report.rows_read == 2210 and not report.rejected
+    # First data line: "1\t0.0\tb7573736a6ddf7be102b7fee0\t Effective but too-tepid biopic"
+    first = table.iloc[0]
+    assert (first["id"], first["sentence"]) == (
+        "b7573736a6ddf7be102b7fee0",
+        "Effective but too-tepid biopic",
+    )
+    assert table["id"].str.fullmatch(r"[0-9a-f]{25}").all()
+
+
+def test_real_quora_dev_blank_labels_rejected(cs224n_dir):
+    table, report = read_task_split(cs224n_dir, "qqp", "dev")
+    d = report.to_dict()
+    assert (d["rows_read"], d["rows_kept"], d["rows_rejected"]) == (20214, 20212, 2)
+    # Both rows have a blank label; the second lost its sentence2 too (found with awk -F'\t').
+    assert d["rejected"] == {"blank label": 2, "empty sentence2": 1}
+    assert [(e["line"], e["id"]) for e in d["rejected_examples"]] == [
+        (2577, "ad118c967d683c93883bf072d"),
+        (14222, "9054345d02cd6c5642a4904dc"),
+    ]
+    assert not table["id"].isin(["ad118c967d683c93883bf072d", "9054345d02cd6c5642a4904dc"]).any()
+
+
+def test_real_qqp_twice_quoted_text_reads_as_written(cs224n_dir):
+    table, _ = read_task_split(cs224n_dir, "qqp", "dev")
+    row = table.set_index("id").loc["318658e273ac78f3b1e957b8b"]
+    # Raw line 3: """Which is correct grammar: ... Do I need """"the"""" here?"""
+    assert row["sentence1"] == (
+        "Which is correct grammar: I graduated from University of XXXX or I graduated from the "
+        'University of XXXX? Do I need "the" here?'
+    )
+    assert row["label"] == 0
+    # A question that opens with a genuine quote (raw line 306 starts with 7 quotes).
+    assert table.set_index("id").loc["0f2d1366842ed8117bc16a1c2", "sentence1"] == (
+        '"Hanging on in quiet desperation is the English way." This sentence is from the song '
+        '"Time" by the band Pink Floyd. What does the word "English" mean here?'
+    )
+    # Doubled quotes survive only where the asker typed two (raw: 8 quotes each side of YOU).
+    doubled = set()
+    for split in ("train", "dev"):
+        table, _ = read_task_split(cs224n_dir, "qqp", split)
+        for col in ("sentence1", "sentence2"):
+            doubled |= set(table.loc[table[col].str.contains('""', regex=False), "id"])
+    assert doubled == {"0e152dee2b164aebde498ccd8"}
+
+
+def test_real_sts_quotes_are_kept(cs224n_dir):
+    table, _ = read_task_split(cs224n_dir, "sts", "train")
+    row = table.set_index("id").loc["a4a2b8a3bcac3379320238bfc"]
+    assert row["sentence1"] == (
+        '"Whatever has happened to you by way of punishment is certainly more than enough," '
+        "Covello told the 49-year-old, whose family, friends and supporters filled half the "
+        "courtroom."
+    )
+    assert row["label"] == pytest.approx(3.0)
+
+
+def test_real_qqp_float_labels_become_integers(cs224n_dir):
+    # Reference count straight from the raw text: the label is the last tab-separated field.
+    lines = (cs224n_dir / "quora-train.csv").read_text(encoding="utf-8").splitlines()[1:]
+    ones = sum(line.rsplit("\t", 1)[1] == "1.0" for line in lines)
+    table, _ = read_task_split(cs224n_dir, "qqp", "train")
+    assert str(table["label"].dtype) == "Int8"
+    assert set(table["label"].unique()) == {0, 1}
+    assert int(table["label"].sum()) == ones == 5031
+
+
+def test_real_prepare_end_to_end(cs224n_dir, tmp_path):
+    out = tmp_path / "prepared"
+    report = prepare(
+        str(cs224n_dir), out, train_rows={"qqp": 1000}, seed=11, cache_dir=tmp_path / "cache"
+    )
+    assert sorted(p.name for p in out.iterdir()) == OUTPUT_NAMES
+    qqp = report["tasks"]["qqp"]
+    assert qqp["train"]["rows_kept"] == 13507 and qqp["train"]["rows_written"] == 1000
+    assert qqp["test"]["missing"] is True and qqp["test"]["rows_written"] == 0
+    assert len(load_prepared(out, "qqp", "train")) == 1000
+    assert len(load_prepared(out, "sst", "train")) == 8544
+    assert not (tmp_path / "cache").exists()  # a local source is read in place
+
+
+# --- bad rows in small files ----------------------------------------------------------------
+
+
+def test_bad_sst_rows_rejected_with_reasons(tmp_path):
+    write_tsv(
+        tmp_path / "ids-sst-train.csv",
+        [
+            "\tid\tsentence\tsentiment",
+            "0\ta\tfine\t2",  # line 2: kept
+            "1\tb\ttoo high\t5",  # line 3
+            "2\tc\thalf\t2.5",  # line 4
+            "3\td\tword\tgood",  # line 5
+            "4\te\t   \t1",  # line 6
+            "5\ta\tagain\t3",  # line 7: duplicate of line 2
+            "6\tf\tnone\t",  # line 8
+            "7\tg\tfloat ok\t4.0",  # line 9: kept as 4
+            "8\th\tneg\t-1",  # line 10
+        ],
+    )
+    table, report = read_task_split(tmp_path, "sst", "train")
+    assert table["id"].tolist() == ["a", "g"]
+    assert table["label"].tolist() == [2, 4]
+    assert table["sentence"].tolist() == ["fine", "float ok"]
+    d = report.to_dict()
+    assert (d["rows_read"], d["rows_kept"], d["rows_rejected"]) == (9, 2, 7)
+    assert d["rejected"] == {
+        "blank label": 1,
+        "duplicate id": 1,
+        "empty sentence": 1,
+        "label not a number": 1,
+        "label not an integer": 1,
+        "label out of range": 2,
+    }
+    assert [(e["line"], e["reasons"]) for e in d["rejected_examples"]] == [
+        (3, ["label out of range"]),
+        (4, ["label not an integer"]),
+        (5, ["label not a number"]),
+        (6, ["empty sentence"]),
+        (7, ["duplicate id"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("task", "header", "label", "kept"),
+    [
+        ("qqp", "is_duplicate", "1.0", True),
+        ("qqp", "is_duplicate", "1", True),
+        ("qqp", "is_duplicate", "2.0", False),
+        ("qqp", "is_duplicate", "0.5", False),
+        ("sts", "similarity", "5.0", True),
+        ("sts", "similarity", "0", True),
+        ("sts", "similarity", "5.2", False),
+        ("sts", "similarity", "-0.1", False),
+        ("sts", "similarity", "nan", False),
+    ],
+)
+def test_pair_label_ranges(tmp_path, task, header, label, kept):
+    name = {"qqp": "quora-dev.csv", "sts": "sts-dev.csv"}[task]
+    write_tsv(tmp_path / name, [f"\tid\tsentence1\tsentence2\t{header}", f"0\tx\ta\tb\t{label}"])
+    table, report = read_task_split(tmp_path, task, "dev")
+    assert len(table) == int(kept) and report.rows_rejected == int(not kept)
+    if kept:
+        assert table["label"].iloc[0] == pytest.approx(float(label))
+
+
+def test_empty_second_sentence_rejected(tmp_path):
+    write_tsv(
+        tmp_path / "sts-train.csv", ["\tid\tsentence1\tsentence2\tsimilarity", "0\tx\ta\t \t1.0"]
+    )
+    _, report = read_task_split(tmp_path, "sts", "train")
+    assert report.to_dict()["rejected"] == {"empty sentence2": 1}
+
+
+# --- malformed files stop with file, line and field -----------------------------------------
+
+
+def test_wrong_header_names_file_line_field(tmp_path):
+    write_tsv(tmp_path / "ids-sst-dev.csv", ["\tid\tsentence\tlabel", "0\ta\tfine\t2"])
+    with pytest.raises(DataError) as err:
+        read_task_split(tmp_path, "sst", "dev")
+    message = str(err.value)
+    assert "ids-sst-dev.csv" in message and "line 1" in message
+    assert "field 4" in message and "'sentiment'" in message and "'label'" in message
+
+
+def test_missing_header_column_is_an_error(tmp_path):
+    write_tsv(tmp_path / "sts-dev.csv", ["id\tsentence1\tsentence2\tsimilarity", "x\ta\tb\t1.0"])
+    with pytest.raises(DataError, match=r"sts-dev\.csv: line 1 .*index column"):
+        read_task_split(tmp_path, "sts", "dev")
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [("1\tb\tonly two", "field 4 ('sentiment') is missing"), ("1\tb\tx\t2\textra", "field 5")],
+)
+def test_wrong_field_count_names_file_line_field(tmp_path, row, field):
+    write_tsv(tmp_path / "ids-sst-train.csv", ["\tid\tsentence\tsentiment", "0\ta\tok\t1", row])
+    with pytest.raises(DataError) as err:
+        read_task_split(tmp_path, "sst", "train")
+    message = str(err.value)
+    assert "ids-sst-train.csv" in message and "line 3" in message and field in message
+
+
+def test_malformed_quoting_names_file_and_line(tmp_path):
+    write_tsv(
+        tmp_path / "sts-train.csv",
+        ["\tid\tsentence1\tsentence2\tsimilarity", '0\tx\t"quoted" then text\tb\t1.0'],
+    )
+    with pytest.raises(DataError, match=r"sts-train\.csv: line 2: malformed quoting"):
+        read_task_split(tmp_path, "sts", "train")
+
+
+def test_missing_required_split_is_an_error(small_source):
+    (small_source / "sts-dev.csv").unlink()
+    with pytest.raises(DataError, match=r"sts-dev\.csv: not found"):
+        read_task_split(small_source, "sts", "dev")
+
+
+# --- prepare: outputs, schemas, atomicity, caps ---------------------------------------------
+
+
+def test_prepare_writes_typed_tables_atomically(small_source, tmp_path):
+    out = tmp_path / "prepared"
+    report = prepare(str(small_source), out, train_rows={}, seed=0, cache_dir=tmp_path / "c")
+    # Atomic writers rename temp names into place: only the outputs are left.
+    assert sorted(p.name for p in out.iterdir()) == OUTPUT_NAMES
+    arrow = {"str": "large_string", "Int8": "int8", "float32": "float"}
+    for task, cols in {
+        "sst": ["sentence"],
+        "qqp": ["sentence1", "sentence2"],
+        "sts": ["sentence1", "sentence2"],
+    }.items():
+        label = {"sst": "Int8", "qqp": "Int8", "sts": "float32"}[task]
+        for split in SPLITS:
+            table = load_prepared(out, task, split)
+            assert {c: str(t) for c, t in table.dtypes.items()} == {
+                "id": "str",
+                **dict.fromkeys(cols, "str"),
+                "label": label,
+            }
+            schema = pq.read_schema(out / f"{task}_{split}.parquet")
+            assert str(schema.field("label").type) == arrow[label]
+            assert str(schema.field("id").type) == arrow["str"]
+    assert load_prepared(out, "sst", "train")["sentence"].tolist() == ["good film", "bad film"]
+    assert load_prepared(out, "qqp", "train")["label"].tolist() == [1, 1]
+    assert load_prepared(out, "sts", "train")["label"].tolist() == pytest.approx([4.6, 4.6])
+    assert load_prepared(out, "sst", "test")["label"].isna().all()
+    assert load_prepared(out, "sts", "test")["label"].isna().all()
+    assert len(load_prepared(out, "qqp", "test")) == 0
+    assert report["tasks"]["qqp"]["test"]["missing"] is True
+    assert report["tasks"]["sts"]["test"]["missing"] is False
+
+
+def test_prepare_writes_nothing_when_a_file_is_malformed(small_source, tmp_path):
+    write_tsv(small_source / "sts-test-student.csv", ["\tid\tsentence1", "0\tx\ta"])
+    out = tmp_path / "prepared"
+    with pytest.raises(DataError, match="sts-test-student.csv"):
+        prepare(str(small_source), out, train_rows={}, seed=0, cache_dir=tmp_path / "c")
+    assert not out.exists()
+
+
+def test_load_prepared_rejects_wrong_dtype(tmp_path):
+    pd.DataFrame({"id": ["a"], "sentence": ["s"], "label": [1.5]}).to_parquet(
+        tmp_path / "sst_train.parquet", index=False
+    )
+    with pytest.raises(DataError, match=r"sst_train\.parquet: column 'label': expected dtype Int8"):
+        load_prepared(tmp_path, "sst", "train")
+    with pytest.raises(DataError, match=r"sst_dev\.parquet: not found"):
+        load_prepared(tmp_path, "sst", "dev")
+
+
+def test_cap_rows_is_a_seeded_ordered_subset():
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(50)]})
+    first = cap_rows(table, 10, seed=11)
+    assert len(first) == 10 and first["id"].is_unique
+    positions = [int(i[1:]) for i in first["id"]]
+    assert positions == sorted(positions)  # file order kept
+    assert cap_rows(table, 10, seed=11).equals(first)
+    assert not cap_rows(table, 10, seed=12).equals(first)
+    assert cap_rows(table, 50, seed=11).equals(table) and cap_rows(table, None, 0).equals(table)
+
+
+def test_prepare_rejects_bad_caps(small_source, tmp_path):
+    with pytest.raises(DataError, match="data.train_rows"):
+        prepare(str(small_source), tmp_path / "o", {"mnli": 5}, seed=0, cache_dir=tmp_path / "c")
+
+
+# --- URL sources --------------------------------------------------------------------------
+
+
+def test_unreachable_url_says_how_to_use_a_local_copy(tmp_path):
+    # Port 9 (discard) on localhost: refused at once, no network needed.
+    with pytest.raises(DataError) as err:
+        fetch_source("http://127.0.0.1:9/", tmp_path / "cache")
+    message = str(err.value)
+    assert "http://127.0.0.1:9/ids-sst-train.csv" in message
+    assert "dvc exp run -S data.source=" in message and "params.yaml" in message
+
+
+def test_missing_local_source_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="data.source: .*not a directory"):
+        fetch_source(str(tmp_path / "nowhere"), tmp_path / "cache")
+
+
+@pytest.fixture
+def served(small_source):
+    """An HTTP server on localhost serving ``small_source`` (404 for quora-test-student)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(small_source))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/", server
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_source_downloads_then_uses_cache(served, small_source, tmp_path):
+    url, server = served
+    cache = tmp_path / "raw" / "cs224n"
+    out = tmp_path / "prepared"
+    report = prepare(url, out, train_rows={}, seed=0, cache_dir=cache)
+    assert report["tasks"]["qqp"]["test"]["missing"] is True  # the server answered 404
+    assert (cache / "ids-sst-train.csv").read_bytes() == (
+        small_source / "ids-sst-train.csv"
+    ).read_bytes()
+    assert not (cache / "quora-test-student.csv").exists()
+    assert len(load_prepared(out, "sts", "dev")) == 2
+    # Offline later, a complete cache of the same URL is enough.
+    write_tsv(cache / "quora-test-student.csv", ["\tid\tsentence1\tsentence2", "0\tq\ta\tb"])
+    server.shutdown()
+    server.server_close()
+    assert fetch_source(url, cache) == cache
+    # Another URL does not reuse files fetched from the first.
+    with pytest.raises(DataError, match="could not download"):
+        fetch_source("http://127.0.0.1:9/", cache)
+    assert not (cache / "ids-sst-train.csv").exists()
