@@ -11,6 +11,7 @@ every member that does not override ``smart.lambda``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -126,10 +127,19 @@ class EdaConfig:
 class ReviewsConfig:
     source: str = "data/raw/amazon"  # a .jsonl / .jsonl.gz file, or a directory of them
     encoder: str = "minilm"
+    # Reviews kept for SST's most frequent label; the other labels get a share in proportion to
+    # their SST counts (match_label_counts), or per_label each (false: the paper's).
     per_label: int = 3000
-    chunk_size: int = 10000
-    batch_size: int = 256
-    max_candidates_per_label: int | None = None
+    match_label_counts: bool = True
+    length_bins: int = 10  # SST length quantile bins that the kept reviews' lengths follow
+    chunk_size: int = 10000  # lines read per chunk of the stream
+    batch_size: int = 256  # encoder batch size
+    # Reviews sampled per label (reservoir, same shares as per_label) before embedding; bounds
+    # memory and embedding work. null: every review in SST's length range (memory then grows
+    # with the file).
+    max_candidates_per_label: int | None = 30000
+    cache_dir: str | None = "data/cache/embeddings"  # embeddings by text hash; null: no cache
+    device: str = "auto"  # auto: cuda when available, else cpu
     seed: int = 11
 
 
@@ -270,6 +280,18 @@ def build(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_task_keys(mapping: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(mapping) - set(TASKS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown task(s) {unknown}; known: {list(TASKS)}")
+
+
+def _check_section_tasks(built: Mapping[str, Any], prefix: str) -> None:
+    """Per-task maps must name real tasks: a typo would silently leave a knob at its default."""
+    _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights")
+    _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda")
+
+
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -301,6 +323,7 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
         key: build(cls, _deep_merge(sections.get(key) or {}, raw.get(key) or {}), f"{where}.{key}")
         for key, cls in MEMBER_SECTIONS.items()
     }
+    _check_section_tasks(built, f"{where}.")
     if built["train"].schedule == "custom" and built["train"].custom.task not in tasks:
         raise ConfigError(
             f"{where}.train.custom.task: {built['train'].custom.task!r} is not among tasks {tasks}"
@@ -319,6 +342,7 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
             f"params.yaml: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     sections = {key: build(cls, raw.get(key), f"params.yaml: {key}") for key, cls in
                 MEMBER_SECTIONS.items()}
+    _check_section_tasks(sections, "params.yaml: ")
     models_raw = raw.get("models") or {}
     if not isinstance(models_raw, Mapping) or not models_raw:
         raise ConfigError("params.yaml: models: expected a mapping of at least one member")
@@ -334,8 +358,10 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
                 raise ConfigError(
                     f"params.yaml: ensemble.{task}: member {member!r} is not trained on {task}"
                 )
+    data = build(DataConfig, raw.get("data"), "params.yaml: data")
+    _check_task_keys(data.train_rows, "params.yaml: data.train_rows")
     return Params(
-        data=build(DataConfig, raw.get("data"), "params.yaml: data"),
+        data=data,
         augment=build(AugmentConfig, raw.get("augment"), "params.yaml: augment"),
         models=models,
         ensemble=ensemble,
@@ -343,10 +369,22 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     )
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``2e-05`` (no decimal point), the form DVC writes for ``-S train.lr=2e-5``,
+    as a string; this loader reads it as the float it is."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: not found; run from the project root") from exc
     except yaml.YAMLError as exc:

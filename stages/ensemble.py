@@ -62,8 +62,8 @@ def main() -> None:
         if "sts" in preds["dev"]:
             truth = dev["sts"].set_index(dev["sts"]["id"].astype(str))["label"]
             frame = preds["dev"]["sts"]
-            pd.DataFrame({"true": truth.loc[frame["id"]].to_numpy(),
-                          "predicted": frame["pred"].to_numpy()}).to_csv(
+            pd.DataFrame({"true_similarity": truth.loc[frame["id"]].to_numpy(),
+                          "predicted_similarity": frame["pred"].to_numpy()}).to_csv(
                 tmp / "sts_scatter.csv", index=False)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 

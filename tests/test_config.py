@@ -1,0 +1,305 @@
+"""Typed config: params.yaml loads, members are defaults ⊕ overrides, bad params name their key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    ConfigError,
+    CustomScheduleConfig,
+    LossConfig,
+    ModelConfig,
+    SmartConfig,
+    TrainConfig,
+    load_params,
+    parse_params,
+)
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+SECTIONS = ("model", "loss", "train", "smart", "pcgrad")
+
+
+@pytest.fixture
+def raw() -> dict:
+    """A small params mapping with two members: one overrides train.batch_size, one does not."""
+    return {
+        "train": {"batch_size": 16, "schedule": "round_robin"},
+        "smart": {"lambda": 0.0},
+        "models": {
+            "plain": {"tasks": ["sst", "qqp", "sts"]},
+            "big_batch": {"tasks": ["sst", "qqp", "sts"], "train": {"batch_size": 64}},
+        },
+        "ensemble": {"sst": ["plain", "big_batch"], "qqp": ["plain"]},
+    }
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+# --- the project's params.yaml -----------------------------------------------------------------
+
+
+def test_load_project_params():
+    params = load_params(PARAMS_YAML)
+    source = yaml.safe_load(PARAMS_YAML.read_text())
+    assert set(params.models) == set(source["models"])
+    assert params.smart.lambda_ == float(source["smart"]["lambda"])
+    assert params.train.batch_size == source["train"]["batch_size"]
+    assert params.model.backbone == source["model"]["backbone"]
+    for name, member in params.models.items():
+        assert member.name == name
+        overridden = source["models"][name] or {}
+        for section in SECTIONS:
+            if section not in overridden:  # an untouched section is exactly the global one
+                assert getattr(member, section) == getattr(params, section), (name, section)
+    for task, members in params.ensemble.items():
+        for member in members:
+            assert task in params.models[member].tasks
+
+
+def test_load_params_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_load_params_invalid_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_load_params_reads_floats_as_dvc_writes_them(tmp_path):
+    # `dvc exp run -S train.lr=2e-5` rewrites params.yaml with `lr: 2e-05` (YAML 1.2 float
+    # syntax, no decimal point); PyYAML's YAML 1.1 resolver alone would read that as a string.
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "train:\n  lr: 2e-05\n  weight_decay: 1E-2\n"
+        "smart:\n  lambda: 1e+1\n"
+        "models:\n  multitask: {tasks: [sst, qqp, sts]}\n"
+    )
+    params = load_params(path)
+    assert params.train.lr == pytest.approx(2e-5)
+    assert params.train.weight_decay == pytest.approx(0.01)
+    assert params.smart.lambda_ == 10.0
+    assert params.models["multitask"].train.lr == pytest.approx(2e-5)
+
+
+# --- defaults ⊕ overrides ----------------------------------------------------------------------
+
+
+def test_member_override_and_defaults(raw):
+    params = parse_params(raw)
+    assert params.models["big_batch"].train.batch_size == 64
+    assert params.models["plain"].train.batch_size == 16
+    # the rest of the overriding member's train section still comes from the globals
+    assert params.models["big_batch"].train.schedule == "round_robin"
+    assert params.models["big_batch"].train.lr == TrainConfig().lr
+    # sections the YAML leaves out are the dataclass defaults
+    assert params.models["plain"].model == ModelConfig()
+    assert params.models["plain"].loss == LossConfig()
+
+
+def test_global_change_reaches_members_without_override(raw):
+    raw["train"]["batch_size"] = 32
+    raw["smart"]["lambda"] = 8
+    raw["models"]["big_batch"]["smart"] = {"lambda": 2.0}
+    params = parse_params(raw)
+    assert params.models["plain"].train.batch_size == 32
+    assert params.models["big_batch"].train.batch_size == 64
+    assert params.models["plain"].smart.lambda_ == 8.0
+    assert params.models["big_batch"].smart.lambda_ == 2.0
+
+
+def test_nested_override_merges_deeply(raw):
+    raw["train"]["schedule"] = "custom"
+    raw["train"]["custom"] = {"task": "qqp", "fraction": 0.5, "epochs": 3}
+    raw["models"]["big_batch"]["train"]["custom"] = {"epochs": 1}
+    params = parse_params(raw)
+    assert params.models["big_batch"].train.custom == CustomScheduleConfig("qqp", 0.5, 1)
+    assert params.models["plain"].train.custom == CustomScheduleConfig("qqp", 0.5, 3)
+
+
+def test_member_defaults_to_all_tasks(raw):
+    raw["models"]["plain"] = None
+    assert parse_params(raw).models["plain"].tasks == ["sst", "qqp", "sts"]
+
+
+def test_numbers_are_typed(raw):
+    raw["train"]["lr"] = 1  # an integer where a float is expected is accepted as 1.0
+    raw["models"]["plain"]["train"] = {"batches_per_epoch": None}
+    params = parse_params(raw)
+    assert isinstance(params.train.lr, float) and params.train.lr == 1.0
+    assert params.models["plain"].train.batches_per_epoch is None
+    assert params.models["big_batch"].train.batches_per_epoch == TrainConfig().batches_per_epoch
+
+
+# --- smart.lambda ------------------------------------------------------------------------------
+
+
+def test_smart_lambda_yaml_key(raw):
+    raw["smart"] = {"lambda": 10, "task_lambda": {"sst": 0.0, "sts": 5}}
+    smart = parse_params(raw).smart
+    assert smart.lambda_ == 10.0
+    assert smart.lambda_for("qqp") == 10.0
+    assert smart.lambda_for("sst") == 0.0
+    assert smart.lambda_for("sts") == 5.0
+
+
+def test_lambda_for_without_task_lambda():
+    assert SmartConfig(lambda_=3.0).lambda_for("sst") == 3.0
+
+
+def test_python_field_name_is_not_a_yaml_key(raw):
+    raw["smart"] = {"lambda_": 10}
+    assert "params.yaml: smart: unknown key(s) ['lambda_']" in error_of(raw)
+
+
+# --- errors name the key path ------------------------------------------------------------------
+
+
+def test_unknown_top_level_key(raw):
+    raw["trian"] = {}
+    assert "params.yaml: unknown top-level key(s) ['trian']" in error_of(raw)
+
+
+def test_unknown_section_key(raw):
+    raw["train"]["batchsize"] = 8
+    message = error_of(raw)
+    assert "params.yaml: train: unknown key(s) ['batchsize']" in message
+    assert "batch_size" in message  # the known keys are listed
+
+
+def test_unknown_nested_key(raw):
+    raw["model"] = {"head": {"depth": 3}}
+    assert "params.yaml: model.head: unknown key(s) ['depth']" in error_of(raw)
+
+
+def test_unknown_member_key(raw):
+    raw["models"]["plain"]["optimiser"] = {}
+    assert "params.yaml: models.plain: unknown key(s) ['optimiser']" in error_of(raw)
+
+
+def test_unknown_key_in_member_section(raw):
+    raw["models"]["big_batch"]["train"]["batchsize"] = 8
+    assert "params.yaml: models.big_batch.train: unknown key(s) ['batchsize']" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("train", "batch_size", "16", "params.yaml: train.batch_size: expected an integer"),
+        ("train", "epochs", 2.5, "params.yaml: train.epochs: expected an integer"),
+        ("train", "epochs", True, "params.yaml: train.epochs: expected an integer"),
+        ("train", "lr", "fast", "params.yaml: train.lr: expected a number"),
+        ("train", "length_grouping", 1, "params.yaml: train.length_grouping: expected true"),
+        ("train", "betas", 0.9, "params.yaml: train.betas: expected a list"),
+        ("train", "betas", [0.9, "x"], "params.yaml: train.betas[1]: expected a number"),
+        ("train", "schedule", "shuffle", "params.yaml: train.schedule: expected one of"),
+        ("model", "pooling", "avg", "params.yaml: model.pooling: expected one of"),
+        ("model", "backbone", 7, "params.yaml: model.backbone: expected a string"),
+        ("model", "head", 2, "params.yaml: model.head: expected a mapping"),
+        ("loss", "task_weights", [1, 1, 1], "params.yaml: loss.task_weights: expected a mapping"),
+        ("loss", "task_weights", {"sst": "x"}, "params.yaml: loss.task_weights.sst: expected a"),
+        ("smart", "norm", "l1", "params.yaml: smart.norm: expected one of"),
+    ],
+)
+def test_wrong_types_name_the_key(raw, section, key, value, expected):
+    raw.setdefault(section, {})[key] = value
+    assert expected in error_of(raw)
+
+
+def test_wrong_type_in_member_override(raw):
+    raw["models"]["big_batch"]["train"]["batch_size"] = "lots"
+    assert "params.yaml: models.big_batch.train.batch_size: expected an integer" in error_of(raw)
+
+
+def test_wrong_nested_type(raw):
+    raw["model"] = {"head": {"layers": "two"}}
+    assert "params.yaml: model.head.layers: expected an integer" in error_of(raw)
+
+
+def test_section_must_be_a_mapping(raw):
+    raw["train"] = [1, 2]
+    assert "params.yaml: train: expected a mapping" in error_of(raw)
+
+
+def test_models_required(raw):
+    raw["models"] = {}
+    assert "params.yaml: models" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "tasks", [["sst", "mnli"], [], ["sst", "sst"], "sst"], ids=["unknown", "empty", "dup", "str"]
+)
+def test_bad_member_tasks(raw, tasks):
+    raw["models"]["plain"]["tasks"] = tasks
+    assert "params.yaml: models.plain.tasks" in error_of(raw)
+
+
+def test_bad_custom_task(raw):
+    raw["train"]["custom"] = {"task": "mnli"}
+    assert "params.yaml: train.custom.task: expected one of" in error_of(raw)
+
+
+def test_custom_task_not_among_member_tasks(raw):
+    raw["train"]["schedule"] = "custom"
+    raw["models"]["plain"]["tasks"] = ["sst"]
+    raw["ensemble"] = {"sst": ["plain"]}
+    assert "params.yaml: models.plain.train.custom.task" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("loss", "task_weights"), ("smart", "task_lambda")],
+)
+def test_unknown_task_in_per_task_mapping(raw, section, key):
+    # a typo'd task here would otherwise be ignored silently (e.g. SMART left off for QQP)
+    raw.setdefault(section, {})[key] = {"sst": 1.0, "qpq": 2.0}
+    message = error_of(raw)
+    assert f"params.yaml: {section}.{key}" in message
+    assert "qpq" in message
+
+
+def test_augment_source_checked(raw):
+    raw["models"]["plain"]["augment"] = ["eda", "wiki"]
+    assert "params.yaml: models.plain.augment: unknown source(s) ['wiki']" in error_of(raw)
+
+
+def test_augment_needs_sst(raw):
+    raw["models"]["plain"] = {"tasks": ["qqp"], "augment": ["eda"]}
+    raw["ensemble"] = {"qqp": ["plain"]}
+    assert "params.yaml: models.plain.augment" in error_of(raw)
+
+
+def test_ensemble_unknown_member(raw):
+    raw["ensemble"]["sts"] = ["plain", "ghost"]
+    message = error_of(raw)
+    assert "params.yaml: ensemble.sts" in message
+    assert "'ghost' is not in models" in message
+
+
+def test_ensemble_member_not_trained_on_task(raw):
+    raw["models"]["sst_only"] = {"tasks": ["sst"]}
+    raw["ensemble"]["qqp"] = ["plain", "sst_only"]
+    message = error_of(raw)
+    assert "params.yaml: ensemble.qqp" in message
+    assert "'sst_only' is not trained on qqp" in message
+
+
+def test_ensemble_unknown_task(raw):
+    raw["ensemble"]["mnli"] = ["plain"]
+    assert "params.yaml: ensemble.mnli: unknown task" in error_of(raw)
+
+
+def test_parse_does_not_mutate_its_input(raw):
+    before = copy.deepcopy(raw)
+    parse_params(raw)
+    assert raw == before

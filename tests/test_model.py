@@ -1,0 +1,338 @@
+"""Encoder + pooling + heads on the tiny random BERT of conftest, against hand-worked tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoTokenizer
+
+from pipeline.config import HeadConfig, ModelConfig
+from pipeline.model import AttentionPooling, MultitaskModel, mlp_head, pool, resolve_backbone
+
+TASKS = ["sst", "qqp", "sts"]
+POOLINGS = ["cls", "mean", "max", "attention"]
+SENTENCES = ["the movie was good", "a very boring film", "i love this story !"]
+SECONDS = ["the film was great", "what a terrible plot", "the story is not bad"]
+SHORT = "the movie was good"
+LONG = "the film was very very bad and the story was boring but the actor was great and fun"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert):
+    return AutoTokenizer.from_pretrained(str(tiny_bert))
+
+
+@pytest.fixture(scope="module")
+def build(tiny_bert):
+    """Model factory cached per (pooling, pair_encoding), in eval mode with a fixed init."""
+    cache: dict[tuple[str, str], MultitaskModel] = {}
+
+    def make(pooling: str = "cls", pair_encoding: str = "concat") -> MultitaskModel:
+        key = (pooling, pair_encoding)
+        if key not in cache:
+            torch.manual_seed(0)
+            cfg = ModelConfig(backbone=str(tiny_bert), pooling=pooling, pair_encoding=pair_encoding)
+            model = MultitaskModel(cfg, TASKS).eval()
+            if model.attention_pool is not None:
+                # a trained query is not zero; a random one makes the attention weights non-uniform
+                with torch.no_grad():
+                    model.attention_pool.query.normal_(0.0, 3.0)
+            cache[key] = model
+        return cache[key]
+
+    return make
+
+
+def encode(tokenizer, first, second=None):
+    return dict(tokenizer(first, second, padding=True, return_tensors="pt"))
+
+
+# --- pool() on hand-made hidden states ---------------------------------------------------------
+
+BIG = 1.0e6
+# B = 2, T = 3, D = 2; row 0 has 2 real tokens, row 1 has 1. Padded positions hold huge values
+# that would dominate a max or a mean if they leaked in; real values are negative so that a max
+# that filled padding with 0 would be caught too.
+HIDDEN = torch.tensor(
+    [
+        [[-1.0, -4.0], [-3.0, -2.0], [BIG, BIG]],
+        [[-5.0, 6.0], [BIG, -BIG], [BIG, BIG]],
+    ]
+)
+MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+
+def test_pool_cls():
+    assert torch.equal(pool(HIDDEN, MASK, "cls", None), torch.tensor([[-1.0, -4.0], [-5.0, 6.0]]))
+
+
+def test_pool_mean_ignores_padding():
+    want = torch.tensor([[-2.0, -3.0], [-5.0, 6.0]])
+    assert torch.allclose(pool(HIDDEN, MASK, "mean", None), want)
+
+
+def test_pool_max_ignores_padding():
+    want = torch.tensor([[-1.0, -2.0], [-5.0, 6.0]])
+    assert torch.equal(pool(HIDDEN, MASK, "max", None), want)
+
+
+def test_pool_unknown_method():
+    with pytest.raises(ValueError, match="median"):
+        pool(HIDDEN, MASK, "median", None)
+
+
+def test_attention_pooling_zero_query_is_masked_mean():
+    attention = AttentionPooling(2)
+    got = pool(HIDDEN, MASK, "attention", attention)
+    assert torch.allclose(got, torch.tensor([[-2.0, -3.0], [-5.0, 6.0]]))
+
+
+def test_attention_pooling_weights_written_out():
+    # q = (1, 0), scale 1/√2: row 0 scores −1/√2 and −3/√2, so weights are
+    # softmax = (1, e^{−√2}) / (1 + e^{−√2}); padding gets none.
+    attention = AttentionPooling(2)
+    with torch.no_grad():
+        attention.query.copy_(torch.tensor([1.0, 0.0]))
+    got = pool(HIDDEN, MASK, "attention", attention)
+    w1 = math.exp(-math.sqrt(2.0)) / (1 + math.exp(-math.sqrt(2.0)))
+    w0 = 1 - w1
+    want = torch.tensor([[-1.0 * w0 - 3.0 * w1, -4.0 * w0 - 2.0 * w1], [-5.0, 6.0]])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+# --- the whole model ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_output_shapes(build, tokenizer, pooling):
+    model = build(pooling)
+    with torch.no_grad():
+        sst = model("sst", [encode(tokenizer, SENTENCES)])
+        qqp = model("qqp", [encode(tokenizer, SENTENCES, SECONDS)])
+        sts = model("sts", [encode(tokenizer, SENTENCES, SECONDS)])
+    assert sst.shape == (3, 5)
+    assert qqp.shape == (3,)
+    assert sts.shape == (3,)
+
+
+@pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
+def test_separate_and_concat_shapes(build, tokenizer, pair_encoding):
+    model = build("mean", pair_encoding)
+    if pair_encoding == "concat":
+        pair = [encode(tokenizer, SENTENCES, SECONDS)]
+    else:
+        pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
+    with torch.no_grad():
+        assert model("qqp", pair).shape == (3,)
+        assert model("sts", pair).shape == (3,)
+        assert model("sst", [encode(tokenizer, SENTENCES)]).shape == (3, 5)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_padding_does_not_change_pooled_vector(build, tokenizer, pooling):
+    model = build(pooling)
+    alone = encode(tokenizer, [SHORT])
+    batch = encode(tokenizer, [SHORT, LONG])
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1] + 5  # really padded
+    with torch.no_grad():
+        single = model.embed(alone)[0]
+        padded = model.embed(batch)[0]
+    assert torch.allclose(single, padded, atol=1e-5), (single - padded).abs().max()
+
+
+def test_padding_does_not_change_task_outputs(build, tokenizer):
+    model = build("max", "separate")
+    with torch.no_grad():
+        alone = model("sts", [encode(tokenizer, [SHORT]), encode(tokenizer, [SECONDS[0]])])
+        batched = model(
+            "sts", [encode(tokenizer, [SHORT, LONG]), encode(tokenizer, [SECONDS[0], LONG])]
+        )
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_separate_encoding_feature(build, tokenizer):
+    model = build("mean", "separate")
+    first, second = encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)
+    with torch.no_grad():
+        u = model.embed(first)
+        v = model.embed(second)
+        feature = model.features("qqp", [first, second])
+        out = model("qqp", [first, second])
+    d = u.shape[-1]
+    assert feature.shape == (3, 4 * d)
+    assert torch.allclose(feature[:, :d], u, atol=1e-6)
+    assert torch.allclose(feature[:, d:2 * d], v, atol=1e-6)
+    assert torch.allclose(feature[:, 2 * d:3 * d], (u - v).abs(), atol=1e-6)
+    assert torch.allclose(feature[:, 3 * d:], u * v, atol=1e-6)
+    assert model.heads["qqp"][1].in_features == 4 * d
+    assert model.heads["sst"][1].in_features == d
+    with torch.no_grad():
+        assert torch.allclose(out, model.heads["qqp"](feature).squeeze(-1), atol=1e-6)
+
+
+def test_concat_encoding_uses_token_type_ids(build, tokenizer):
+    model = build("cls", "concat")
+    enc = encode(tokenizer, SENTENCES, SECONDS)
+    assert enc["token_type_ids"].sum() > 0  # the second segment is marked
+    without = {**enc, "token_type_ids": torch.zeros_like(enc["token_type_ids"])}
+    with torch.no_grad():
+        direct = model.backbone(**enc).last_hidden_state[:, 0]
+        pooled = model.embed(enc)
+        assert torch.allclose(pooled, direct, atol=1e-6)
+        assert not torch.allclose(pooled, model.embed(without), atol=1e-4)
+        assert not torch.allclose(model("qqp", [enc]), model("qqp", [without]), atol=1e-6)
+
+
+@pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
+def test_inputs_embeds_reproduce_forward(build, tokenizer, pair_encoding):
+    model = build("attention", pair_encoding)
+    if pair_encoding == "concat":
+        pair = [encode(tokenizer, SENTENCES, SECONDS)]
+    else:
+        pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
+    single = [encode(tokenizer, SENTENCES)]
+    with torch.no_grad():
+        for task, inputs in (("sst", single), ("qqp", pair), ("sts", pair)):
+            embeds = model.input_embeddings(inputs)
+            assert [e.shape for e in embeds] == [
+                (*enc["input_ids"].shape, model.backbone.config.hidden_size) for enc in inputs
+            ]
+            plain = model(task, inputs)
+            assert torch.allclose(model(task, inputs, embeds), plain, atol=1e-6)
+            # and the embeddings are really used: a perturbation moves the output (a random one:
+            # the embedding LayerNorm would cancel a constant shift)
+            generator = torch.Generator().manual_seed(1)
+            noise = [torch.randn(e.shape, generator=generator) for e in embeds]
+            moved = model(task, inputs, [e + n for e, n in zip(embeds, noise, strict=True)])
+            assert not torch.allclose(moved, plain, atol=1e-4)
+
+
+def test_input_embeddings_are_word_embeddings(build, tokenizer):
+    model = build("cls")
+    enc = encode(tokenizer, SENTENCES)
+    table = model.backbone.get_input_embeddings().weight
+    with torch.no_grad():
+        (embeds,) = model.input_embeddings([enc])
+    assert torch.equal(embeds, table[enc["input_ids"]])
+
+
+# --- heads -------------------------------------------------------------------------------------
+
+
+def layer_kinds(head: nn.Sequential) -> list[type]:
+    return [type(layer) for layer in head]
+
+
+def test_default_head_layout(build):
+    model = build("cls")
+    d = model.backbone.config.hidden_size
+    for task, out in (("sst", 5), ("qqp", 1), ("sts", 1)):
+        head = model.heads[task]
+        assert layer_kinds(head) == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+        assert head[0].p == pytest.approx(0.3)
+        assert head[3].p == pytest.approx(0.3)
+        assert (head[1].in_features, head[1].out_features) == (d, d)
+        assert (head[4].in_features, head[4].out_features) == (d, out)
+
+
+def test_head_depth_activation_hidden_dropout():
+    head = mlp_head(32, 5, HeadConfig(layers=3, hidden=16, activation="gelu", dropout=0.1), 32)
+    assert layer_kinds(head) == [
+        nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear,
+    ]
+    linears = [layer for layer in head if isinstance(layer, nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(32, 16), (16, 16), (16, 5)]
+    assert all(layer.p == pytest.approx(0.1) for layer in head if isinstance(layer, nn.Dropout))
+
+
+def test_single_layer_head():
+    head = mlp_head(32, 1, HeadConfig(layers=1, activation="tanh", dropout=0.0), 32)
+    assert layer_kinds(head) == [nn.Dropout, nn.Linear]
+    assert (head[1].in_features, head[1].out_features) == (32, 1)
+
+
+def test_tanh_activation():
+    head = mlp_head(8, 1, HeadConfig(layers=2, activation="tanh"), 4)
+    assert layer_kinds(head) == [nn.Dropout, nn.Linear, nn.Tanh, nn.Dropout, nn.Linear]
+    assert head[1].out_features == 4  # hidden null → the backbone's hidden size
+
+
+def test_heads_only_for_configured_tasks(tiny_bert):
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert)), ["sst"])
+    assert list(model.heads) == ["sst"]
+
+
+# --- parameter groups --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["cls", "attention"])
+def test_shared_and_head_parameters_partition_trainables(build, pooling):
+    model = build(pooling)
+    shared = {id(p) for p in model.shared_parameters()}
+    heads = [{id(p) for p in model.head_parameters(task)} for task in TASKS]
+    assert shared and all(heads)
+    assert all(shared.isdisjoint(h) for h in heads)
+    assert all(a.isdisjoint(b) for i, a in enumerate(heads) for b in heads[i + 1:])
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert shared.union(*heads) == trainable
+    assert {id(p) for p in model.backbone.parameters()} <= shared
+    if pooling == "attention":
+        assert id(model.attention_pool.query) in shared
+
+
+def test_frozen_parameters_are_left_out(tiny_bert):
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert)), TASKS)
+    embeddings = model.backbone.get_input_embeddings().weight
+    embeddings.requires_grad_(False)
+    assert id(embeddings) not in {id(p) for p in model.shared_parameters()}
+
+
+# --- backbone resolution -----------------------------------------------------------------------
+
+
+def test_resolve_backbone_minilm_is_local_dir():
+    path = Path(resolve_backbone("minilm"))
+    assert path.is_dir()
+    config = json.loads((path / "config.json").read_text())
+    assert config["hidden_size"] == 384
+    assert config["num_hidden_layers"] == 6
+
+
+def test_resolve_backbone_passes_other_names_through(tiny_bert):
+    assert resolve_backbone("bert-base-uncased") == "bert-base-uncased"
+    assert resolve_backbone(str(tiny_bert)) == str(tiny_bert)
+
+
+def test_missing_local_backbone_error_names_it(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(OSError, match="no-such-model"):
+        MultitaskModel(ModelConfig(backbone=str(missing)), TASKS)
+
+
+@pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
+def test_every_shared_parameter_gets_a_gradient_from_each_task(tiny_bert, tokenizer, pair_encoding):
+    # shared_parameters() promises the parameters every task's loss reaches (PCGrad projects
+    # their gradients); one that no loss reaches would carry grad None into that projection.
+    torch.manual_seed(0)
+    model = MultitaskModel(
+        ModelConfig(backbone=str(tiny_bert), pooling="attention", pair_encoding=pair_encoding),
+        TASKS,
+    ).eval()
+    with torch.no_grad():
+        model.attention_pool.query.normal_()
+    if pair_encoding == "concat":
+        pair = [encode(tokenizer, SENTENCES, SECONDS)]
+    else:
+        pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
+    for task, inputs in (("sst", [encode(tokenizer, SENTENCES)]), ("qqp", pair), ("sts", pair)):
+        model.zero_grad(set_to_none=True)
+        model(task, inputs).sum().backward()
+        names = {id(p): n for n, p in model.named_parameters()}
+        unreached = [names[id(p)] for p in model.shared_parameters() if p.grad is None]
+        assert unreached == [], f"{task}: shared parameters with no gradient: {unreached}"
+        assert all(p.grad is not None for p in model.head_parameters(task))

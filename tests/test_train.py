@@ -1,0 +1,195 @@
+"""The training loop: resume after interruption, checkpoint matching, LR schedule, epoch plans,
+saved-member round trip, the per-task step loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline.config import parse_params
+from pipeline.losses import contrastive_loss, task_loss
+from pipeline.model import MultitaskModel, cosine_distance
+from pipeline.train import (
+    Trainer,
+    load_member_weights,
+    load_tokenizer,
+    plan_epochs,
+    run_member,
+    save_member,
+    task_step_loss,
+    tokenize_member_data,
+    warmup_linear_decay,
+)
+from pipeline.batching import collate
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the movie is very good bad great boring fun plot story acting".split()
+
+
+def synthetic_frames(n: int, seed: int) -> dict[str, dict[str, pd.DataFrame]]:
+    rng = np.random.default_rng(seed)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(WORDS, size=rng.integers(2, 9)))
+
+    frames: dict[str, dict[str, pd.DataFrame]] = {}
+    for split in ("train", "dev", "test"):
+        labelled = split != "test"
+        ids = [f"{split}{i}" for i in range(n)]
+        frames.setdefault("sst", {})[split] = pd.DataFrame({
+            "id": ids, "sentence": [sentence() for _ in ids],
+            "label": pd.array(rng.integers(0, 5, n) if labelled else [None] * n, dtype="Int8")})
+        frames.setdefault("qqp", {})[split] = pd.DataFrame({
+            "id": ids, "sentence1": [sentence() for _ in ids], "sentence2": [sentence() for _ in ids],
+            "label": pd.array(rng.integers(0, 2, n) if labelled else [None] * n, dtype="Int8")})
+        frames.setdefault("sts", {})[split] = pd.DataFrame({
+            "id": ids, "sentence1": [sentence() for _ in ids], "sentence2": [sentence() for _ in ids],
+            "label": (rng.uniform(0, 5, n) if labelled else np.full(n, np.nan)).astype(np.float32)})
+    return frames
+
+
+def member_for(tiny_bert: Path, **train_overrides):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"]["backbone"] = str(tiny_bert)
+    raw["train"].update({"epochs": 3, "batches_per_epoch": 6, "batch_size": 4,
+                         "precision": "fp32", "schedule": "round_robin", **train_overrides})
+    return parse_params(raw).models["multitask"]
+
+
+def test_warmup_linear_decay_by_hand():
+    factor = warmup_linear_decay(total_steps=10, warmup_ratio=0.2)  # 2 warmup steps
+    assert [factor(s) for s in range(11)] == pytest.approx(
+        [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
+
+
+def test_plan_custom_schedule_trains_a_fixed_fraction_then_round_robin(tiny_bert):
+    member = member_for(tiny_bert, schedule="custom", batches_per_epoch=None, epochs=3)
+    member = dataclasses.replace(member, train=dataclasses.replace(
+        member.train, custom=dataclasses.replace(member.train.custom, epochs=1, fraction=0.5)))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(20, 0), member, tokenizer)
+    plan = plan_epochs(member, data.split("train"))
+    assert plan.tasks[0] == ["qqp"] * math.ceil(10 / 4)
+    assert len(plan.subsets[0]["qqp"]) == 10 and len(plan.subsets[1]["qqp"]) == 20
+    assert plan.tasks[1][:3] == ["sst", "qqp", "sts"] and len(plan.tasks[1]) == 3 * 5
+    assert plan.total_steps == 3 + 15 + 15
+
+
+def test_plan_with_pcgrad_takes_every_task_each_step(tiny_bert):
+    member = member_for(tiny_bert)
+    member = dataclasses.replace(member, pcgrad=dataclasses.replace(member.pcgrad, enabled=True))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(20, 0), member, tokenizer)
+    plan = plan_epochs(member, data.split("train"))
+    assert plan.tasks[0] == ["sst,qqp,sts"] * 2  # 6 batches → 2 steps of 3 tasks
+
+
+def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_path, monkeypatch):
+    member = member_for(tiny_bert)
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(24, 1), member, tokenizer)
+
+    straight = Trainer(member, data, tokenizer, tmp_path / "straight")
+    straight_result = straight.fit()
+    expected = trained_state(straight)
+
+    interrupted = Trainer(member, data, tokenizer, tmp_path / "resumed")
+    original = Trainer.train_epoch
+
+    def killed_at_epoch_3(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+    calls = []
+    monkeypatch.setattr(Trainer, "train_epoch",
+                        lambda self, epoch: calls.append(epoch) or original(self, epoch))
+    resumed = Trainer(member, data, tokenizer, tmp_path / "resumed")
+    result = resumed.fit()
+    assert calls == [3]  # epochs 1–2 came from the checkpoint
+    for name, tensor in trained_state(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == straight_result.best_epoch
+    assert result.best_metrics == pytest.approx(straight_result.best_metrics)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tiny_bert, tmp_path):
+    member = member_for(tiny_bert, epochs=1)
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(12, 2), member, tokenizer)
+    Trainer(member, data, tokenizer, tmp_path).fit()
+    other = dataclasses.replace(member, train=dataclasses.replace(member.train, lr=3e-4))
+    trainer = Trainer(other, data, tokenizer, tmp_path)
+    assert trainer._load_checkpoint() == (0, None)
+
+
+def test_saved_member_round_trips(tiny_bert, tmp_path):
+    member = member_for(tiny_bert)
+    member = dataclasses.replace(member, model=dataclasses.replace(member.model,
+                                                                   pooling="attention"))
+    tokenizer = load_tokenizer(member.model.backbone)
+    torch.manual_seed(3)
+    model = MultitaskModel(member.model, member.tasks)
+    with torch.no_grad():
+        model.attention_pool.query.normal_()
+    save_member(model, member, tokenizer, tmp_path / "saved")
+    torch.manual_seed(4)
+    reloaded = load_member_weights(MultitaskModel(member.model, member.tasks), tmp_path / "saved")
+    data = tokenize_member_data(synthetic_frames(6, 3), member, tokenizer)
+    model.eval()
+    reloaded.eval()
+    for task, split in data.split("dev").items():
+        batch = collate(split, np.arange(len(split)), tokenizer.pad_token_id)
+        torch.testing.assert_close(reloaded(task, batch.inputs), model(task, batch.inputs))
+    assert {p.name for p in (tmp_path / "saved").iterdir()} >= {
+        "config.json", "model.safetensors", "heads.safetensors", "bestfit.json"}
+
+
+def test_task_step_loss_adds_weighted_contrastive_term(tiny_bert):
+    member = member_for(tiny_bert)
+    member = dataclasses.replace(member, loss=dataclasses.replace(
+        member.loss, contrastive_weight=0.5, task_weights={"sst": 1.0, "qqp": 2.0, "sts": 1.0}))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(8, 4), member, tokenizer)
+    torch.manual_seed(0)
+    model = MultitaskModel(member.model, member.tasks).eval()
+    batch = collate(data.splits["qqp"]["train"], np.arange(8), tokenizer.pad_token_id)
+    u, v = (model.embed(enc) for enc in batch.singles)
+    expected = 2.0 * (task_loss("qqp", model("qqp", batch.inputs), batch.labels, 0.0)
+                      + 0.5 * contrastive_loss("qqp", cosine_distance(u, v), batch.labels, 0.5))
+    torch.testing.assert_close(task_step_loss(model, batch, member), expected)
+
+
+def test_run_member_writes_outputs(tiny_bert, tmp_path):
+    member = member_for(tiny_bert, epochs=2)
+    metrics = run_member(member, synthetic_frames(12, 5), tmp_path / "out", tmp_path / "ck")
+    out = tmp_path / "out"
+    assert {"sst_acc", "qqp_acc", "sts_pearson", "overall", "best_epoch"} <= set(metrics)
+    expected_overall = (metrics["sst_acc"] + metrics["qqp_acc"]
+                        + (metrics["sts_pearson"] + 1) / 2) / 3
+    assert metrics["overall"] == pytest.approx(expected_overall)
+    for task in ("sst", "qqp", "sts"):
+        for split in ("dev", "test"):
+            frame = pd.read_parquet(out / "predictions" / f"{task}_{split}.parquet")
+            assert len(frame) == 12 and list(frame["id"]) == [f"{split}{i}" for i in range(12)]
+    sst = pd.read_parquet(out / "predictions" / "sst_dev.parquet")
+    np.testing.assert_allclose(sst[[f"p{k}" for k in range(5)]].sum(axis=1), 1.0, rtol=1e-5)
+    assert (out / "model" / "heads.safetensors").exists()
+    assert not [p for p in out.rglob(".*")]  # no temporary leftovers
