@@ -144,6 +144,8 @@ def epoch_batches(data: TokenizedTask, subset: np.ndarray, batch_size: int, step
                   seed: Sequence[int], group_by_length: bool) -> Iterator[np.ndarray]:
     """``steps`` batches of example indices drawn from ``subset``, pass after pass, each pass
     reshuffled from ``seed`` + its pass number (deterministic, so an epoch can be replayed)."""
+    if steps > 0 and len(subset) == 0:
+        raise ValueError(f"{data.task}: {steps} batches asked of an empty training subset")
     lengths = data.lengths()[subset]
     produced, passes = 0, 0
     while produced < steps:

@@ -32,8 +32,9 @@ def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFr
     aligned = []
     for name in names:
         frame = frames[name].set_index(frames[name]["id"].astype(str))
-        if len(frame) != len(ids) or not frame.index.isin(ids).all() or not ids.isin(
-                frame.index).all():
+        same_ids = (frame.index.is_unique and len(frame) == len(ids)
+                    and frame.index.isin(ids).all() and ids.isin(frame.index).all())
+        if not same_ids:
             raise ValueError(f"ensemble.{task}: member {name!r} predicted other ids than "
                              f"member {names[0]!r}")
         aligned.append(frame.loc[ids])
@@ -44,7 +45,9 @@ def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFr
         return out
     columns = [c for c in first.columns if c.startswith("p") and c[1:].isdigit()]
     probs = np.mean([f[columns].to_numpy(np.float64) for f in aligned], axis=0)
-    out["pred"] = probs.argmax(axis=1).astype(np.int8)
+    # QQP's threshold is p(duplicate) ≥ 0.5, as in outputs_to_frame: argmax would break ties to 0.
+    pred = probs[:, 1] >= 0.5 if task == "qqp" else probs.argmax(axis=1)
+    out["pred"] = pred.astype(np.int8)
     for k, column in enumerate(columns):
         out[column] = probs[:, k].astype(np.float32)
     return out

@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from pipeline.batching import TokenizedTask, batch_indices, collate
 from pipeline.model import MultitaskModel
@@ -36,7 +37,7 @@ def outputs_to_frame(task: str, ids: list[str], raw: np.ndarray) -> pd.DataFrame
         for k in range(probs.shape[1]):
             frame[f"p{k}"] = probs[:, k].astype(np.float32)
     elif task == "qqp":
-        p1 = 1.0 / (1.0 + np.exp(-raw))
+        p1 = expit(raw)
         frame["pred"] = (p1 >= 0.5).astype(np.int8)
         frame["p0"] = (1.0 - p1).astype(np.float32)
         frame["p1"] = p1.astype(np.float32)
@@ -54,15 +55,17 @@ def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device:
     width = 5 if data.task == "sst" else None
     raw = np.zeros((len(data), width) if width else len(data), dtype=np.float32)
     chunks = []
-    for index in batch_indices(data.lengths(), batch_size, rng=None, group_by_length=True):
-        batch = collate(data, index, pad_id).to(device)
-        with autocast(device, precision):
-            out = model(data.task, batch.inputs)
-        chunks.append((index, out.float()))
+    try:
+        for index in batch_indices(data.lengths(), batch_size, rng=None, group_by_length=True):
+            batch = collate(data, index, pad_id).to(device)
+            with autocast(device, precision):
+                out = model(data.task, batch.inputs)
+            chunks.append((index, out.float()))
+    finally:
+        model.train(was_training)
     # One host transfer per batch, after all batches are queued.
     for index, out in chunks:
         raw[index] = out.cpu().numpy()
-    model.train(was_training)
     return outputs_to_frame(data.task, data.ids, raw)
 
 

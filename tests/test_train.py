@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.batching import collate
 from pipeline.config import parse_params
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import MultitaskModel, cosine_distance
@@ -27,7 +28,6 @@ from pipeline.train import (
     tokenize_member_data,
     warmup_linear_decay,
 )
-from pipeline.batching import collate
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the movie is very good bad great boring fun plot story acting".split()
@@ -47,10 +47,12 @@ def synthetic_frames(n: int, seed: int) -> dict[str, dict[str, pd.DataFrame]]:
             "id": ids, "sentence": [sentence() for _ in ids],
             "label": pd.array(rng.integers(0, 5, n) if labelled else [None] * n, dtype="Int8")})
         frames.setdefault("qqp", {})[split] = pd.DataFrame({
-            "id": ids, "sentence1": [sentence() for _ in ids], "sentence2": [sentence() for _ in ids],
+            "id": ids, "sentence1": [sentence() for _ in ids],
+            "sentence2": [sentence() for _ in ids],
             "label": pd.array(rng.integers(0, 2, n) if labelled else [None] * n, dtype="Int8")})
         frames.setdefault("sts", {})[split] = pd.DataFrame({
-            "id": ids, "sentence1": [sentence() for _ in ids], "sentence2": [sentence() for _ in ids],
+            "id": ids, "sentence1": [sentence() for _ in ids],
+            "sentence2": [sentence() for _ in ids],
             "label": (rng.uniform(0, 5, n) if labelled else np.full(n, np.nan)).astype(np.float32)})
     return frames
 

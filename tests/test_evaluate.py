@@ -1,0 +1,190 @@
+"""pipeline.evaluate: output tables (softmax/sigmoid worked by hand), metrics (scipy as the
+Pearson reference), the overall score, and batched prediction against one-at-a-time forwards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import pearsonr
+from transformers import AutoTokenizer
+
+from pipeline.batching import tokenize_task
+from pipeline.config import ModelConfig
+from pipeline.evaluate import (
+    outputs_to_frame,
+    overall_score,
+    predict,
+    score_predictions,
+    task_metric,
+)
+from pipeline.model import MultitaskModel
+
+CPU = torch.device("cpu")
+
+# -- outputs_to_frame -------------------------------------------------------------------------
+
+
+def test_sst_frame_softmax_by_hand():
+    # exp(raw) ∝ [1, 2, 3, 4, 10] → probabilities /20; row 2 is shifted by +100 (stability)
+    raw = np.log(np.array([[1, 2, 3, 4, 10], [4, 1, 1, 1, 1]], dtype=np.float64))
+    raw[1] += 100.0
+    frame = outputs_to_frame("sst", ["a", "b"], raw.astype(np.float32))
+    assert list(frame.columns) == ["id", "pred", "p0", "p1", "p2", "p3", "p4"]
+    assert frame["id"].tolist() == ["a", "b"]
+    assert frame["pred"].tolist() == [4, 0]
+    assert np.issubdtype(frame["pred"].dtype, np.integer)
+    probs = frame[[f"p{k}" for k in range(5)]].to_numpy()
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, [[0.05, 0.10, 0.15, 0.20, 0.50],
+                                       [0.50, 0.125, 0.125, 0.125, 0.125]], atol=1e-5)
+
+
+def test_qqp_frame_sigmoid_by_hand():
+    # σ(0) = 1/2, σ(ln 3) = 3/4, σ(−ln 3) = 1/4; p = 1/2 counts as a duplicate (≥ 0.5)
+    raw = np.array([0.0, math.log(3), -math.log(3)], dtype=np.float32)
+    frame = outputs_to_frame("qqp", ["x", "y", "z"], raw)
+    assert list(frame.columns) == ["id", "pred", "p0", "p1"]
+    assert frame["pred"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(frame["p1"], [0.5, 0.75, 0.25], atol=1e-6)
+    np.testing.assert_allclose(frame["p0"], [0.5, 0.25, 0.75], atol=1e-6)
+    assert frame["p1"].dtype == np.float32
+
+
+def test_sts_frame_passes_values_through():
+    raw = np.array([1.5, -0.25, 4.0], dtype=np.float32)
+    frame = outputs_to_frame("sts", ["1", "2", "3"], raw)
+    assert list(frame.columns) == ["id", "pred"]
+    assert frame["pred"].dtype == np.float32
+    assert frame["pred"].tolist() == [1.5, -0.25, 4.0]
+
+
+# -- task_metric / overall_score --------------------------------------------------------------
+
+
+def test_accuracy_by_hand():
+    assert task_metric("sst", np.array([1, 0, 2, 2, 4]), np.array([1, 1, 2, 3, 4])) == 0.6
+    assert task_metric("qqp", np.array([1, 0, 0, 1]), np.array([1, 0, 1, 1])) == 0.75
+
+
+def test_pearson_by_hand_and_against_scipy():
+    # x = 1..4, y = [1, 3, 2, 4]: deviations ±1.5, ±0.5; Σdx·dy = 4, Σdx² = Σdy² = 5 → r = 0.8
+    assert task_metric("sts", np.array([1, 2, 3, 4.0]), np.array([1, 3, 2, 4.0])) == \
+        pytest.approx(0.8)
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(0, 5, 200)
+    pred = (0.7 * labels + rng.normal(0, 1, 200)).astype(np.float32)
+    assert task_metric("sts", pred, labels) == pytest.approx(pearsonr(pred, labels)[0], abs=1e-9)
+    assert task_metric("sts", -pred, labels) == pytest.approx(-pearsonr(pred, labels)[0])
+
+
+def test_pearson_of_constant_is_zero():
+    assert task_metric("sts", np.full(5, 2.5, np.float32), np.arange(5.0)) == 0.0
+    assert task_metric("sts", np.arange(5.0), np.full(5, 1.0)) == 0.0
+
+
+def test_overall_score_by_hand():
+    metrics = {"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.6}
+    assert overall_score(metrics) == pytest.approx((0.5 + 0.8 + 1.6 / 2) / 3)
+    # a member trained on fewer tasks: the mean of its own terms; other keys are ignored
+    assert overall_score({"sst_acc": 0.5, "loss": 7.0}) == pytest.approx(0.5)
+    assert overall_score({"qqp_acc": 0.8, "sts_pearson": -0.2}) == pytest.approx((0.8 + 0.4) / 2)
+
+
+def test_score_predictions_names_metrics():
+    frames = {"sst": pd.DataFrame({"id": ["a", "b"], "pred": [1, 2]}),
+              "sts": pd.DataFrame({"id": ["c", "d", "e"], "pred": [1.0, 2.0, 3.0]})}
+    labels = {"sst": np.array([1, 0]), "sts": np.array([3.0, 2.0, 1.0])}
+    metrics = score_predictions(frames, labels)
+    assert set(metrics) == {"sst_acc", "sts_pearson", "overall"}
+    assert metrics["sst_acc"] == 0.5
+    assert metrics["sts_pearson"] == pytest.approx(-1.0)
+    assert metrics["overall"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+SENTENCES = ["the movie was good", "a very boring film and the story was bad",
+             "i love this story !", "bad", "what a great film , the actor was fun",
+             "the plot", "not good"]
+SECONDS = ["the film was great", "no", "how is the story", "the worst movie",
+           "a dog", "i hate the plot and the acting", "very very good"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert):
+    return AutoTokenizer.from_pretrained(str(tiny_bert))
+
+
+@pytest.fixture(scope="module")
+def build(tiny_bert):
+    """One model per (pair_encoding, pooling), built once with a fixed init."""
+    cache: dict[tuple[str, str], MultitaskModel] = {}
+
+    def make(pair_encoding: str, pooling: str) -> MultitaskModel:
+        if (pair_encoding, pooling) not in cache:
+            torch.manual_seed(0)
+            cfg = ModelConfig(backbone=str(tiny_bert), pair_encoding=pair_encoding,
+                              pooling=pooling)
+            cache[pair_encoding, pooling] = MultitaskModel(cfg, ["sst", "qqp", "sts"])
+        return cache[pair_encoding, pooling]
+
+    return make
+
+
+def frame_for(task: str) -> pd.DataFrame:
+    ids = pd.Series([f"{task}{i}" for i in range(len(SENTENCES))], dtype="str")
+    if task == "sst":
+        return pd.DataFrame({"id": ids, "sentence": pd.Series(SENTENCES, dtype="str")})
+    return pd.DataFrame({"id": ids, "sentence1": pd.Series(SENTENCES, dtype="str"),
+                         "sentence2": pd.Series(SECONDS, dtype="str")})
+
+
+def one_at_a_time(model: MultitaskModel, data, i: int) -> torch.Tensor:
+    """The model's raw output for example ``i`` alone: no padding, no batch neighbours."""
+    inputs = [{"input_ids": torch.tensor([seqs[i]]),
+               "attention_mask": torch.ones((1, len(seqs[i])), dtype=torch.long),
+               "token_type_ids": torch.tensor([types[i]])}
+              for seqs, types in zip(data.sequences, data.token_types, strict=True)]
+    with torch.no_grad():
+        return model(data.task, inputs)[0]
+
+
+@pytest.mark.parametrize("pair_encoding,pooling", [("concat", "cls"), ("separate", "mean")])
+@pytest.mark.parametrize("task", ["sst", "qqp", "sts"])
+@pytest.mark.parametrize("training", [True, False])
+def test_predict_matches_single_examples_in_original_order(build, tokenizer, task,
+                                                           pair_encoding, pooling, training):
+    model = build(pair_encoding, pooling)
+    data = tokenize_task(task, frame_for(task), tokenizer, 128, pair_encoding)
+    assert len(set(map(len, data.sequences[0]))) > 3  # lengths differ: batches get reordered
+    model.train(training)
+    frame = predict(model, data, batch_size=3, device=CPU, precision="fp32", pad_id=0)
+    assert model.training is training
+
+    model.eval()
+    reference = torch.stack([one_at_a_time(model, data, i) for i in range(len(data))]).numpy()
+    assert frame["id"].tolist() == data.ids
+    if task == "sst":
+        probs = torch.softmax(torch.from_numpy(reference), dim=-1).numpy()
+        np.testing.assert_allclose(frame[[f"p{k}" for k in range(5)]].to_numpy(), probs,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(frame["pred"], probs.argmax(axis=1))
+    elif task == "qqp":
+        p1 = 1 / (1 + np.exp(-reference.astype(np.float64)))
+        np.testing.assert_allclose(frame["p1"], p1, atol=1e-5)
+        np.testing.assert_array_equal(frame["pred"], (p1 >= 0.5).astype(int))
+    else:
+        np.testing.assert_allclose(frame["pred"], reference, atol=1e-5)
+
+
+def test_predict_empty_task(tiny_bert, tokenizer):
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert)), ["sst"])
+    empty = frame_for("sst").iloc[:0]
+    frame = predict(model, tokenize_task("sst", empty, tokenizer, 128, "concat"), 4, CPU,
+                    "fp32", 0)
+    assert len(frame) == 0
+    assert list(frame.columns) == ["id", "pred", "p0", "p1", "p2", "p3", "p4"]
