@@ -25,7 +25,6 @@ import torch
 
 from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
 from pipeline.data import prepare
-from pipeline.evaluate import autocast
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel
 from pipeline.train import Trainer, load_tokenizer, member_frames, tokenize_member_data

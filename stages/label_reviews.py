@@ -1,0 +1,94 @@
+"""DVC stage `label_reviews`: relabel the mined reviews few-shot with an LLM (BEST-FiT: Llama-3-8B).
+
+    python stages/label_reviews.py [--params params.yaml]
+        [--reviews data/augmented/amazon.parquet] [--sst-train data/prepared/sst_train.parquet]
+        [--out data/augmented/reviews_labeled.parquet] [--report data/augmented/label_report.json]
+        [--confusion data/augmented/label_confusion.csv]
+
+Reads `augment.llm`. Writes the kept reviews as extra SST training rows (source `llm`), a report
+(counts, agreement with the star-derived labels) and one `actual,predicted` row per labeled
+review for DVC's confusion plot. Labels are appended to `<augment.llm.cache_dir>/labels.jsonl`
+as they are produced, so a killed run resumes where it stopped. With `augment.llm.enabled:
+false` the table is empty (right schema) and the report says so: the DAG still runs without a
+GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.augment.llm_label import (
+    LabelCache,
+    LabelError,
+    confusion_rows,
+    empty_table,
+    label_reviews,
+    load_tokenizer,
+    make_scorer,
+)
+from pipeline.augment.llm_prompt import PromptError, build_template, encode_template, select_shots
+from pipeline.config import load_params
+from pipeline.io import write_json, write_parquet, write_text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--reviews", type=Path, default=Path("data/augmented/amazon.parquet"))
+    parser.add_argument("--sst-train", type=Path, default=Path("data/prepared/sst_train.parquet"))
+    parser.add_argument("--out", type=Path,
+                        default=Path("data/augmented/reviews_labeled.parquet"))
+    parser.add_argument("--report", type=Path, default=Path("data/augmented/label_report.json"))
+    parser.add_argument("--confusion", type=Path,
+                        default=Path("data/augmented/label_confusion.csv"))
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params).augment.llm
+    started = time.perf_counter()
+    reviews = pd.read_parquet(args.reviews)
+
+    if not cfg.enabled:
+        note = ("augment.llm.enabled is false: no review was relabeled and the table is empty; "
+                "set it to true (vLLM on a GPU, or backend: transformers) to relabel")
+        write_parquet(empty_table(), args.out)
+        write_json({"enabled": False, "note": note, "counts": {"total": len(reviews),
+                    "labeled": 0, "kept": 0}}, args.report)
+        write_text(confusion_rows(empty_table()).to_csv(index=False), args.confusion)
+        print(f"label_reviews: {note}")
+        return
+
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+        shots = select_shots(pd.read_parquet(args.sst_train), cfg.shots, cfg.seed,
+                             where=str(args.sst_train))
+        prompt = encode_template(tokenizer, build_template(tokenizer, shots), cfg.max_review_tokens)
+        scorer = make_scorer(cfg, prompt)
+        result = label_reviews(
+            reviews, tokenizer=tokenizer, prompt=prompt, scorer=scorer,
+            cache=LabelCache(Path(cfg.cache_dir) / "labels.jsonl"), model=cfg.model,
+            batch_size=cfg.batch_size, min_confidence=cfg.min_confidence,
+        )
+    except (LabelError, PromptError) as exc:
+        raise SystemExit(f"label_reviews: {exc}") from exc
+
+    write_parquet(result.kept, args.out)
+    write_json({"enabled": True, "shots": len(shots), "prompt_tokens": len(prompt.prefix_ids),
+                **result.report}, args.report)
+    write_text(confusion_rows(result.labeled).to_csv(index=False), args.confusion)
+    counts = result.report["counts"]
+    accuracy = result.report["agreement_with_stars"]["labeled"]["accuracy"]
+    print(
+        f"label_reviews ({scorer.name}, {cfg.model}): {counts['total']} reviews, "
+        f"{counts['empty_skipped']} empty, {counts['truncated']} truncated, "
+        f"{counts['labeled']} labeled ({counts['cached_hits']} from cache), {counts['kept']} kept "
+        f"at p >= {cfg.min_confidence}; agreement with stars "
+        f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
