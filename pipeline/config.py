@@ -155,6 +155,7 @@ class LlmConfig:
     batch_size: int = 16
     tensor_parallel_size: int = 1
     device: str = "auto"
+    cache_dir: str = "data/cache/llm_labels"  # append-only label cache, resumes killed runs
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,615 @@
+"""Mining Amazon reviews as extra SST training data, filtered by similarity to SST's label
+centroids in a sentence-embedding space (all-MiniLM-L6-v2).
+
+1. **Stream** review JSON lines — Ni et al. 2018 or McAuley et al. 2014 format (``overall``
+   stars 1–5, ``reviewText``), plain or gzip — in chunks. Stars map to SST labels
+   (1 → 0 … 5 → 4). Texts are cleaned (HTML entities and line-break tags, whitespace). Lines
+   that are not a review object are counted and listed with their line numbers, never fatal.
+2. **Match SST's length and label distribution.** SST train lengths (in words) are cut into
+   ``length_bins`` quantile bins; reviews outside SST's length range are dropped. Label l is
+   given a quota Q_l (``per_label`` for SST's most frequent label, the others in proportion to
+   their SST counts, or ``per_label`` each) and the (label, bin) cell a quota
+   q_lb = Q_l · n_lb / n_l (largest-remainder rounding), n_lb the SST count of the cell. Each
+   cell keeps a uniform reservoir sample (Vitter's algorithm R) of its reviews, of
+   ``max_candidates_per_label / per_label`` times its quota: memory is bounded by the
+   reservoirs, not the file.
+3. **Select by centroid similarity.** With unit-norm embeddings e, the centroid of label l is
+   c_l = mean(e_i : y_i = l) / ‖mean(e_i : y_i = l)‖ over SST train; a candidate r of label l
+   scores cos(e_r, c_l) = e_r · c_l, and each cell keeps its q_lb best-scoring candidates, so
+   the kept set follows SST's length distribution wherever the stream has enough reviews.
+   Embeddings are cached by text hash, so a re-run with another ``per_label`` embeds nothing new.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import itertools
+import json
+import random
+import re
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline.config import ReviewsConfig
+from pipeline.io import atomic_path
+
+N_LABELS = 5
+REVIEW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+# Malformed lines listed one by one in the report (all are counted).
+MAX_LISTED_MALFORMED = 1000
+
+Encoder = Callable[[list[str]], np.ndarray]
+
+_BREAK_TAG = re.compile(r"<\s*(?:br|p|/p)\s*/?\s*>", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+_CLITIC = re.compile(r"n't\b|'(?:s|re|ve|ll|d|m|t)\b", re.IGNORECASE)
+
+
+class ReviewsError(ValueError):
+    """The review source or the configuration cannot be used; the message names it."""
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def clean_text(raw: str) -> str:
+    """Decode HTML entities (``&#34;`` → ``"``), turn ``<br />`` tags and runs of whitespace
+    into single spaces, strip the ends."""
+    # Most reviews have neither entities nor tags: the `in` checks skip the costly calls.
+    if "&" in raw:
+        raw = html.unescape(raw)
+    if "<" in raw:
+        raw = _BREAK_TAG.sub(" ", raw)
+    return " ".join(raw.split())
+
+
+def word_count(text: str) -> int:
+    """Words as runs of letters/digits, with punctuation and clitics (``n't``, ``'s``) not
+    counted, so that SST's tokenisation ("does n't , Jackson 's") and raw review text
+    ("doesn't, Jackson's") measure alike."""
+    return len(_WORD.findall(_CLITIC.sub("", text)))
+
+
+def review_files(source: str | Path) -> list[Path]:
+    """The review file ``source``, or the review files in directory ``source``, sorted."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ReviewsError(f"{path}: no such review file or directory (augment.reviews.source)")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(REVIEW_SUFFIXES))
+    if not files:
+        raise ReviewsError(f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory")
+    keys = [file_key(p) for p in files]
+    clashes = sorted({k for k in keys if keys.count(k) > 1})
+    if clashes:
+        # Review ids are <file key>-<line>: two files may not share a key.
+        raise ReviewsError(f"{path}: several review files named {clashes} (.jsonl and .jsonl.gz?)")
+    return files
+
+
+def file_key(path: Path) -> str:
+    """``movies.jsonl.gz`` -> ``movies``: the file part of review ids."""
+    name = path.name
+    for suffix in sorted(REVIEW_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    text: str  # cleaned
+    label: int  # stars - 1
+    asin: str
+    reviewer: str
+    file: str  # file_key of its file
+    line: int  # 1-based line number in its file
+    words: int
+
+
+def parse_review(raw: bytes | str, file: str, line: int) -> tuple[Review | None, str | None]:
+    """Parse one JSON line: ``(review, None)``; ``(None, None)`` for a review with no text;
+    ``(None, why)`` for a malformed line."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return None, f"not JSON: {exc}"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    stars = obj.get("overall")
+    if isinstance(stars, bool) or not isinstance(stars, (int, float)) or stars not in range(1, 6):
+        return None, f"field 'overall': expected stars 1-5, got {stars!r}"
+    text = obj.get("reviewText")
+    if text is not None and not isinstance(text, str):
+        return None, f"field 'reviewText': expected a string, got {type(text).__name__}"
+    text = clean_text(text or "")
+    if not text:
+        return None, None
+    return (
+        Review(
+            text=text,
+            label=int(stars) - 1,
+            asin=str(obj.get("asin", "")),
+            reviewer=str(obj.get("reviewerID", "")),
+            file=file,
+            line=line,
+            words=word_count(text),
+        ),
+        None,
+    )
+
+
+@dataclass
+class FileStats:
+    file: str
+    lines: int = 0
+    blank: int = 0
+    reviews: int = 0
+    no_text: int = 0
+    malformed: int = 0
+    error: str | None = None  # a file-level error (e.g. truncated gzip) that ended its reading
+
+
+@dataclass
+class ReadStats:
+    files: list[FileStats] = field(default_factory=list)
+    malformed: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_LISTED
+
+    def add_malformed(self, stats: FileStats, line: int, why: str) -> None:
+        stats.malformed += 1
+        if len(self.malformed) < MAX_LISTED_MALFORMED:
+            self.malformed.append({"file": stats.file, "line": line, "error": why})
+
+    def total(self, name: str) -> int:
+        return sum(getattr(f, name) for f in self.files)
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def iter_reviews(
+    paths: Sequence[Path], chunk_size: int, stats: ReadStats, progress: bool = True
+) -> Iterator[Review]:
+    """Stream the reviews of ``paths``, reading ``chunk_size`` lines at a time; blank, text-less
+    and malformed lines are counted in ``stats`` (malformed ones listed with line numbers)."""
+    for path in paths:
+        fstats = FileStats(file=path.name)
+        stats.files.append(fstats)
+        key = file_key(path)
+        bar = tqdm(desc=path.name, unit=" lines", unit_scale=True, disable=not progress)
+        try:
+            with _open_binary(path) as fh:
+                while chunk := list(itertools.islice(fh, chunk_size)):
+                    for raw in chunk:
+                        fstats.lines += 1
+                        if not raw.strip():
+                            fstats.blank += 1
+                            continue
+                        review, why = parse_review(raw, key, fstats.lines)
+                        if review is not None:
+                            fstats.reviews += 1
+                            yield review
+                        elif why is None:
+                            fstats.no_text += 1
+                        else:
+                            stats.add_malformed(fstats, fstats.lines, why)
+                    bar.update(len(chunk))
+        except (EOFError, OSError, zlib.error) as exc:
+            # A truncated or corrupt gzip stream: keep what was read, report the file.
+            fstats.error = f"read error after line {fstats.lines}: {exc}"
+        finally:
+            bar.close()
+
+
+# --- length and label matching ----------------------------------------------------------
+
+
+def apportion(total: int, weights: Sequence[float]) -> np.ndarray:
+    """Split integer ``total`` in proportion to ``weights`` (Hamilton's largest-remainder
+    method): the parts sum to ``total`` exactly; ties go to the earlier part."""
+    w = np.asarray(weights, dtype=np.float64)
+    if total <= 0 or w.sum() <= 0:
+        return np.zeros(len(w), dtype=np.int64)
+    exact = total * w / w.sum()
+    parts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - parts), kind="stable")
+    parts[order[: total - parts.sum()]] += 1
+    return parts
+
+
+@dataclass(frozen=True)
+class LengthLabelTargets:
+    """SST train's joint distribution of label and length bin, and the quotas drawn from it.
+
+    ``edges`` are the bin edges in words: bin b holds lengths in [edges[b], edges[b+1]), the
+    last bin also its right edge; ``counts[l, b]`` is the number of SST sentences of label l
+    in bin b.
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_sst(cls, sentences: Sequence[str], labels: Sequence[int], bins: int
+                 ) -> LengthLabelTargets:
+        lengths = np.array([word_count(s) for s in sentences])
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(lengths) == 0:
+            raise ReviewsError("the SST train table is empty")
+        # Quantile edges on integer lengths; ties merge bins, so there may be fewer than `bins`.
+        edges = np.unique(np.round(np.quantile(lengths, np.linspace(0, 1, bins + 1))))
+        if len(edges) == 1:
+            edges = np.array([edges[0], edges[0]])
+        targets = cls(edges=edges, counts=np.zeros((N_LABELS, len(edges) - 1), dtype=np.int64))
+        np.add.at(targets.counts, (labels, targets.bins_of(lengths)), 1)
+        return targets
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) - 1
+
+    def bins_of(self, lengths: np.ndarray) -> np.ndarray:
+        """Bin of each length; -1 outside [edges[0], edges[-1]]."""
+        lengths = np.asarray(lengths)
+        bins = np.searchsorted(self.edges[1:-1], lengths, side="right")
+        return np.where((lengths < self.edges[0]) | (lengths > self.edges[-1]), -1, bins)
+
+    def bin_of(self, length: int) -> int:
+        """:meth:`bins_of` for one length (the stream's per-review call, without numpy)."""
+        if length < self.edges[0] or length > self.edges[-1]:
+            return -1
+        return int(np.searchsorted(self.edges[1:-1], length, side="right"))
+
+    def label_quotas(self, per_label: int, match_label_counts: bool) -> np.ndarray:
+        """Q_l: ``per_label`` for SST's most frequent label and the others in proportion to
+        their SST counts, or ``per_label`` for every label."""
+        if not match_label_counts:
+            return np.full(N_LABELS, per_label, dtype=np.int64)
+        n = self.counts.sum(axis=1)
+        return np.round(per_label * n / n.max()).astype(np.int64)
+
+    def cell_quotas(self, label_quotas: np.ndarray) -> np.ndarray:
+        """q_lb: Q_l split over the bins in proportion to SST's counts of label l."""
+        return np.stack([apportion(int(q), row) for q, row in zip(label_quotas, self.counts,
+                                                                  strict=True)])
+
+
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` items of a stream (Vitter 1985,
+    algorithm R): item t (1-based) enters with probability capacity / t, replacing a random
+    member. ``capacity=None`` keeps every item."""
+
+    def __init__(self, capacity: int | None, rng: random.Random):
+        self.capacity = capacity
+        self.items: list[Any] = []
+        self.seen = 0
+        self._rng = rng
+
+    def add(self, item: Any) -> None:
+        self.seen += 1
+        if self.capacity is None or len(self.items) < self.capacity:
+            self.items.append(item)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.capacity:
+            self.items[j] = item
+
+
+# --- embeddings -------------------------------------------------------------------------
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def embed_cached(
+    texts: Sequence[str], encode: Encoder, cache_dir: Path | None
+) -> tuple[np.ndarray, int]:
+    """Embeddings of ``texts`` (row i for text i), reusing those in ``cache_dir``.
+
+    The cache is a directory of ``.npz`` shards (``keys``: SHA-1 of the text, ``vectors``);
+    texts not found are encoded once each and written as one new shard. Returns the
+    embeddings and the number of distinct texts that had to be encoded.
+    """
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32), 0
+    keys = [text_key(t) for t in texts]
+    first: dict[str, int] = {}  # distinct key -> the first row holding that text
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    found: dict[str, np.ndarray] = {}
+    shards = sorted(cache_dir.glob("*.npz")) if cache_dir is not None and cache_dir.is_dir() else []
+    wanted = np.array(list(first), dtype="S40")
+    for shard in shards:
+        with np.load(shard) as data:
+            shard_keys = data["keys"]
+            hit = np.flatnonzero(np.isin(shard_keys, wanted))
+            if len(hit):
+                vectors = data["vectors"]
+                for j in hit:
+                    found[shard_keys[j].decode()] = vectors[j]
+    missing = [k for k in first if k not in found]
+    if missing:
+        new = np.asarray(encode([texts[first[k]] for k in missing]), dtype=np.float32)
+        if len(new) != len(missing):
+            raise ReviewsError(f"encoder returned {len(new)} embeddings for {len(missing)} texts")
+        found.update(zip(missing, new, strict=True))
+        if cache_dir is not None:
+            name = hashlib.sha1("".join(missing).encode()).hexdigest()[:16]
+            with atomic_path(cache_dir / f"{name}.npz") as tmp:
+                with tmp.open("wb") as fh:
+                    np.savez(fh, keys=np.array(missing, dtype="S40"), vectors=new)
+    dims = {v.shape for v in found.values()}
+    if len(dims) != 1:
+        raise ReviewsError(
+            f"{cache_dir}: cached embeddings have shapes {sorted(dims)}: the cache mixes "
+            "encoders; delete it"
+        )
+    return np.stack([found[k] for k in keys]).astype(np.float32, copy=False), len(missing)
+
+
+def sentence_encoder(model_path: str, device: str, batch_size: int, progress: bool = True
+                     ) -> Encoder:
+    """A sentence-transformers model as an :data:`Encoder` of unit-norm float32 rows."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SentenceTransformer(model_path, device=device)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress and len(texts) > batch_size,
+        )
+
+    return encode
+
+
+def cache_dir_for(root: str | Path, encoder: str) -> Path:
+    """One cache directory per encoder name: ``minilm`` -> ``<root>/minilm``."""
+    return Path(root) / re.sub(r"[^A-Za-z0-9._-]+", "_", encoder).strip("_")
+
+
+# --- centroid selection -----------------------------------------------------------------
+
+
+def label_centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """c_l = mean of the embeddings of label l, scaled to unit norm; shape (N_LABELS, dim)."""
+    labels = np.asarray(labels)
+    centroids = np.zeros((N_LABELS, embeddings.shape[1]), dtype=np.float64)
+    for label in range(N_LABELS):
+        rows = embeddings[labels == label]
+        if len(rows) == 0:
+            raise ReviewsError(f"SST train has no sentence of label {label}: no centroid")
+        mean = rows.mean(axis=0, dtype=np.float64)
+        centroids[label] = mean / np.linalg.norm(mean)
+    return centroids
+
+
+def centroid_similarity(embeddings: np.ndarray, labels: np.ndarray, centroids: np.ndarray
+                        ) -> np.ndarray:
+    """cos(e_r, c_{y_r}) for unit-norm rows e_r: the dot product with its label's centroid."""
+    return np.einsum("ij,ij->i", embeddings.astype(np.float64), centroids[np.asarray(labels)])
+
+
+def top_per_group(scores: np.ndarray, groups: np.ndarray, quotas: dict[Any, int]) -> np.ndarray:
+    """Row indices of the ``quotas[g]`` highest scores of each group g (all of them when fewer),
+    grouped in the order of ``quotas``, best first; equal scores keep row order."""
+    scores, groups = np.asarray(scores), np.asarray(groups)
+    kept = []
+    for group, quota in quotas.items():
+        rows = np.flatnonzero(groups == group)
+        order = rows[np.argsort(-scores[rows], kind="stable")]
+        kept.append(order[:quota])
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+# --- the stage's work -------------------------------------------------------------------
+
+
+def check_config(cfg: ReviewsConfig) -> None:
+    if cfg.per_label < 1:
+        raise ReviewsError(f"augment.reviews.per_label: expected >= 1, got {cfg.per_label}")
+    if cfg.max_candidates_per_label is not None and cfg.max_candidates_per_label < cfg.per_label:
+        raise ReviewsError(
+            "augment.reviews.max_candidates_per_label: expected null or >= per_label "
+            f"({cfg.per_label}), got {cfg.max_candidates_per_label}"
+        )
+    for key in ("length_bins", "chunk_size", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ReviewsError(f"augment.reviews.{key}: expected >= 1, got {getattr(cfg, key)}")
+
+
+@dataclass
+class MinedReviews:
+    table: pd.DataFrame  # the augmented-table schema + asin, reviewer, file, line, star_label
+    review_map: pd.DataFrame  # x, y, group, label: 2-D PCA of SST train and kept reviews
+    report: dict[str, Any]
+
+
+def plan_quotas(targets: LengthLabelTargets, cfg: ReviewsConfig
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Q_l, the cell quotas q_lb and the cell reservoir capacities (Q_l scaled by
+    max_candidates_per_label / per_label, split like q_lb; None when uncapped)."""
+    label_quotas = targets.label_quotas(cfg.per_label, cfg.match_label_counts)
+    capacities = None
+    if cfg.max_candidates_per_label is not None:
+        scale = cfg.max_candidates_per_label / cfg.per_label
+        capacities = targets.cell_quotas(np.round(label_quotas * scale).astype(np.int64))
+    return label_quotas, targets.cell_quotas(label_quotas), capacities
+
+
+def sample_candidates(
+    paths: Sequence[Path],
+    targets: LengthLabelTargets,
+    capacities: np.ndarray | None,
+    chunk_size: int,
+    seed: int,
+    progress: bool = True,
+) -> tuple[list[Review], ReadStats, dict[str, Any]]:
+    """Stream ``paths`` once, keeping a reservoir per (label, length bin) cell of
+    ``capacities[l, b]`` reviews (None: all). Returns the candidates (duplicate texts within a
+    cell dropped, in file/line order), the read statistics and counts for the report."""
+    rng = random.Random(seed)
+    cells = [
+        [Reservoir(None if capacities is None else int(capacities[lab, b]), rng)
+         for b in range(targets.n_bins)]
+        for lab in range(N_LABELS)
+    ]
+    stats = ReadStats()
+    out_of_range = [0] * N_LABELS
+    file_order = {file_key(p): i for i, p in enumerate(paths)}
+    for review in iter_reviews(paths, chunk_size, stats, progress):
+        b = targets.bin_of(review.words)
+        if b < 0:
+            out_of_range[review.label] += 1
+        else:
+            cells[review.label][b].add(review)
+    candidates, duplicates = [], 0
+    for row in cells:
+        for cell in row:
+            seen: set[str] = set()
+            for review in sorted(cell.items, key=lambda r: (file_order[r.file], r.line)):
+                if review.text in seen:
+                    duplicates += 1
+                    continue
+                seen.add(review.text)
+                candidates.append(review)
+    counts = {
+        "out_of_length_range_per_label": out_of_range,
+        "in_length_range_per_label": [sum(c.seen for c in row) for row in cells],
+        "sampled_per_label": [sum(len(c.items) for c in row) for row in cells],
+        "duplicate_texts_dropped": duplicates,
+    }
+    return candidates, stats, counts
+
+
+def review_map(sst_emb: np.ndarray, sst_labels: np.ndarray, kept_emb: np.ndarray,
+               kept_labels: np.ndarray, seed: int) -> pd.DataFrame:
+    """2-D PCA of SST train and kept-review embeddings (fit on both), for a scatter plot."""
+    from sklearn.decomposition import PCA
+
+    points = np.vstack([sst_emb, kept_emb]) if len(kept_emb) else sst_emb
+    xy = PCA(n_components=2, random_state=seed).fit_transform(points).astype(np.float32)
+    return pd.DataFrame(
+        {
+            "x": np.round(xy[:, 0], 4),
+            "y": np.round(xy[:, 1], 4),
+            "group": ["sst"] * len(sst_emb) + ["amazon"] * len(kept_emb),
+            "label": np.concatenate([sst_labels, kept_labels]).astype(np.int8),
+        }
+    )
+
+
+def mine_reviews(
+    sst: pd.DataFrame,
+    paths: Sequence[Path],
+    cfg: ReviewsConfig,
+    encode: Encoder,
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> MinedReviews:
+    """Steps 1–3 of the module docstring for a prepared SST train table (``sentence``,
+    ``label``) and review files ``paths``."""
+    check_config(cfg)
+    sst_labels = sst["label"].to_numpy(dtype=np.int64)
+    targets = LengthLabelTargets.from_sst(list(sst["sentence"]), sst_labels, cfg.length_bins)
+    label_quotas, quotas, capacities = plan_quotas(targets, cfg)
+    candidates, stats, counts = sample_candidates(
+        paths, targets, capacities, cfg.chunk_size, cfg.seed, progress
+    )
+    sst_emb, sst_encoded = embed_cached(list(sst["sentence"]), encode, cache_dir)
+    centroids = label_centroids(sst_emb, sst_labels)
+    cand_emb, cand_encoded = embed_cached([r.text for r in candidates], encode, cache_dir)
+    cand_labels = np.array([r.label for r in candidates], dtype=np.int64)
+    cand_cells = cand_labels * targets.n_bins + targets.bins_of([r.words for r in candidates])
+    scores = (
+        centroid_similarity(cand_emb, cand_labels, centroids) if candidates else np.zeros(0)
+    )
+    cell_quota = {
+        lab * targets.n_bins + b: int(quotas[lab, b])
+        for lab in range(N_LABELS) for b in range(targets.n_bins)
+    }
+    kept = top_per_group(scores, cand_cells, cell_quota)
+
+    rows = [candidates[i] for i in kept]
+    table = pd.DataFrame(
+        {
+            "id": pd.Series([f"amazon-{r.file}-{r.line}" for r in rows], dtype="str"),
+            "sentence": pd.Series([r.text for r in rows], dtype="str"),
+            "label": pd.Series([r.label for r in rows], dtype="Int8"),
+            "source": pd.Series(["amazon"] * len(rows), dtype="str"),
+            "source_id": pd.Series([f"{r.asin}/{r.reviewer}" for r in rows], dtype="str"),
+            "method": pd.Series(["centroid"] * len(rows), dtype="str"),
+            "score": pd.Series(scores[kept], dtype="Float32"),
+            "asin": pd.Series([r.asin for r in rows], dtype="str"),
+            "reviewer": pd.Series([r.reviewer for r in rows], dtype="str"),
+            "file": pd.Series([r.file for r in rows], dtype="str"),
+            "line": pd.Series([r.line for r in rows], dtype="int64"),
+            "star_label": pd.Series([r.label for r in rows], dtype="Int8"),
+        }
+    )
+    kept_cells = np.zeros((N_LABELS, targets.n_bins), dtype=np.int64)
+    np.add.at(kept_cells, (cand_labels[kept], cand_cells[kept] % targets.n_bins), 1)
+    report = {
+        "files": [vars(f) for f in stats.files],
+        "lines": stats.total("lines"),
+        "reviews": stats.total("reviews"),
+        "blank_lines": stats.total("blank"),
+        "reviews_without_text": stats.total("no_text"),
+        "malformed_lines": stats.total("malformed"),
+        "malformed": stats.malformed,  # the first MAX_LISTED_MALFORMED
+        "length_bin_edges_words": targets.edges.tolist(),
+        **counts,
+        "candidates": len(candidates),
+        # Distinct texts encoded by this run; the others came from the embedding cache.
+        "newly_embedded": {"sst": sst_encoded, "candidates": cand_encoded},
+        "sst_per_label": targets.counts.sum(axis=1).tolist(),
+        "quota_per_label": label_quotas.tolist(),
+        "kept_per_label": kept_cells.sum(axis=1).tolist(),
+        "sst_per_label_and_bin": targets.counts.tolist(),
+        "quota_per_label_and_bin": quotas.tolist(),
+        "kept_per_label_and_bin": kept_cells.tolist(),
+        "length_tv_distance_per_label": [
+            _tv_distance(targets.counts[lab], kept_cells[lab]) for lab in range(N_LABELS)
+        ],
+        "similarity_per_label": [
+            _summary(scores[kept][cand_labels[kept] == lab]) for lab in range(N_LABELS)
+        ],
+    }
+    kept_emb = cand_emb[kept] if len(kept) else np.zeros((0, sst_emb.shape[1]), np.float32)
+    return MinedReviews(
+        table=table,
+        review_map=review_map(sst_emb, sst_labels, kept_emb, cand_labels[kept], cfg.seed),
+        report=report,
+    )
+
+
+def _tv_distance(p: np.ndarray, q: np.ndarray) -> float | None:
+    """Total variation distance ½·Σ|p_b − q_b| between two count vectors' distributions."""
+    if p.sum() == 0 or q.sum() == 0:
+        return None
+    return round(float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum()), 4)
+
+
+def _summary(values: np.ndarray) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    return {"min": round(float(values.min()), 4), "mean": round(float(values.mean()), 4),
+            "max": round(float(values.max()), 4)}

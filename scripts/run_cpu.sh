@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole DAG, CPU-sized: MiniLM backbone, the CS224N data and Amazon samples in
+# ../shared/data, short epochs. Runs as a DVC experiment, so its params and scores show in
+# `dvc exp show` and later variants (`dvc exp run -S …`) start from these settings.
+# Extra arguments are passed to `dvc exp run` (e.g. -S train.epochs=2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source .venv/bin/activate
+export DVC_NO_ANALYTICS=1 TOKENIZERS_PARALLELISM=false
+DATA=${BESTFIT_DATA:-../shared/data}
+
+git rev-parse --verify -q HEAD > /dev/null || {
+    echo "dvc exp run needs a git repository with at least one commit" >&2; exit 1; }
+time dvc exp run \
+    -S "data.source=$DATA/cs224n" \
+    -S "augment.reviews.source=$DATA/amazon" \
+    -S augment.reviews.per_label=300 \
+    -S model.backbone=minilm \
+    -S train.epochs=3 \
+    -S train.batches_per_epoch=300 \
+    -S train.custom.epochs=1 \
+    -S train.batch_size=16 \
+    -S train.num_threads=2 \
+    "$@"
+dvc metrics show

@@ -1,0 +1,51 @@
+"""DVC stage `augment_eda`: the prepared SST train set -> EDA-augmented rows (Wei & Zou 2019).
+
+    python stages/augment_eda.py [--params params.yaml] [--prepared data/prepared]
+                                 [--out data/augmented]
+
+Writes `eda.parquet` (SST columns + source, source_id, method, score) and `eda_report.json`
+(rows made per operation, slots left empty, word types looked up) to `--out`. Needs WordNet:
+`scripts/setup_wordnet.sh` puts it in data/nltk_data, where `augment.eda.wordnet_dir` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pipeline.augment.eda import augment_table
+from pipeline.augment.wordnet import Synonyms, WordNetMissingError, load_wordnet
+from pipeline.config import load_params
+from pipeline.data import DataError, load_prepared
+from pipeline.io import write_json, write_parquet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--out", type=Path, default=Path("data/augmented"))
+    args = parser.parse_args()
+    cfg = load_params(args.params).augment.eda
+    try:
+        sst = load_prepared(args.prepared, "sst", "train")
+        wordnet = load_wordnet(cfg.wordnet_dir)
+    except (DataError, WordNetMissingError) as exc:
+        raise SystemExit(f"augment_eda: {exc}") from exc
+    synonyms = Synonyms(wordnet)
+    started = time.perf_counter()
+    table, report = augment_table(sst, cfg, synonyms)
+    seconds = time.perf_counter() - started
+    report["word_types_looked_up"] = len(synonyms)
+    write_parquet(table, args.out / "eda.parquet")
+    write_json(report, args.out / "eda_report.json")
+    made = ", ".join(f"{op} {r['made']}" for op, r in report["per_operation"].items())
+    print(
+        f"eda: {len(sst)} sentences -> {len(table)} rows ({made}) in {seconds:.2f} s "
+        f"({len(sst) / seconds:.0f} sentences/s); wrote {args.out}/eda.parquet"
+    )
+
+
+if __name__ == "__main__":
+    main()

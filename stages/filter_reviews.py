@@ -1,0 +1,76 @@
+"""DVC stage `filter_reviews`: Amazon reviews -> extra SST rows picked by MiniLM centroid
+similarity, with SST's length and label distribution.
+
+    python stages/filter_reviews.py [--params params.yaml] [--prepared data/prepared]
+                                    [--out data/augmented] [--source PATH] [--no-progress]
+
+Reads the review file or directory `augment.reviews.source` (or `--source`), writes to `--out`:
+`amazon.parquet` (SST columns + source, source_id, method, score = cosine similarity, asin,
+reviewer, file, line, star_label), `reviews_report.json` (lines read, malformed lines with
+their numbers, candidates, quotas and kept counts per label and length bin) and
+`review_map.csv` (x, y, group, label: PCA of SST train and kept-review embeddings). Embeddings
+are cached under `augment.reviews.cache_dir`/<encoder>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+from pipeline.augment.reviews import (
+    ReviewsError,
+    cache_dir_for,
+    mine_reviews,
+    review_files,
+    sentence_encoder,
+)
+from pipeline.config import load_params
+from pipeline.data import DataError, load_prepared
+from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.model import resolve_backbone
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--out", type=Path, default=Path("data/augmented"))
+    parser.add_argument("--source", default=None, help="overrides augment.reviews.source")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    cfg = load_params(args.params).augment.reviews
+    try:
+        sst = load_prepared(args.prepared, "sst", "train")
+        paths = review_files(args.source or cfg.source)
+    except (DataError, ReviewsError) as exc:
+        raise SystemExit(f"filter_reviews: {exc}") from exc
+
+    started = time.perf_counter()
+    encode = sentence_encoder(resolve_backbone(cfg.encoder), cfg.device, cfg.batch_size,
+                              progress=not args.no_progress)
+    cache = cache_dir_for(cfg.cache_dir, cfg.encoder) if cfg.cache_dir is not None else None
+    try:
+        mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)
+    except ReviewsError as exc:
+        raise SystemExit(f"filter_reviews: {exc}") from exc
+    seconds = time.perf_counter() - started
+
+    write_parquet(mined.table, args.out / "amazon.parquet")
+    write_json(mined.report, args.out / "reviews_report.json")
+    with atomic_path(args.out / "review_map.csv") as tmp:
+        mined.review_map.to_csv(tmp, index=False)
+    r = mined.report
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"filter_reviews: {r['lines']} lines, {r['reviews']} reviews, "
+        f"{r['malformed_lines']} malformed, {r['candidates']} candidates "
+        f"({r['newly_embedded']['candidates']} newly embedded) -> kept per label "
+        f"{r['kept_per_label']} (quota {r['quota_per_label']}) in {seconds:.1f} s "
+        f"(peak RSS {rss_mib:.0f} MiB); wrote {args.out}/"
+    )
+
+
+if __name__ == "__main__":
+    main()
