@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(args.params).augment.llm
     started = time.perf_counter()
     reviews = pd.read_parquet(args.reviews)
+    # The cache dir is a declared (persistent) output, so it exists even when nothing is cached.
+    Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
 
     if not cfg.enabled:
         note = ("augment.llm.enabled is false: no review was relabeled and the table is empty; "
