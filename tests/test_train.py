@@ -195,3 +195,21 @@ def test_run_member_writes_outputs(tiny_bert, tmp_path):
     np.testing.assert_allclose(sst[[f"p{k}" for k in range(5)]].sum(axis=1), 1.0, rtol=1e-5)
     assert (out / "model" / "heads.safetensors").exists()
     assert not [p for p in out.rglob(".*")]  # no temporary leftovers
+
+
+def test_smart_and_pcgrad_train_through_the_trainer(tiny_bert, tmp_path):
+    member = member_for(tiny_bert, epochs=1)
+    member = dataclasses.replace(
+        member, smart=dataclasses.replace(member.smart, lambda_=5.0, epsilon=1e-2),
+        pcgrad=dataclasses.replace(member.pcgrad, enabled=True))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(16, 6), member, tokenizer)
+    trainer = Trainer(member, data, tokenizer, tmp_path)
+    before = trained_state(trainer)
+    result = trainer.fit()
+    after = trained_state(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    record = result.history[0]
+    assert record["pcgrad/steps"] == 2
+    assert {"pcgrad/projections/sst_to_qqp", "pcgrad/norm_change_pct/sts_to_sst"} <= set(record)
+    assert all(math.isfinite(record[f"train_loss/{t}"]) for t in ("sst", "qqp", "sts"))

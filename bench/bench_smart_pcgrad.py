@@ -1,0 +1,233 @@
+"""Cost of SMART and PCGrad against a plain multitask step, and the size of SMART's R_s.
+
+    python bench/bench_smart_pcgrad.py [--backbone minilm|bert-base-random|DIR] [--steps 6]
+                                       [--warmup 1] [--batch-size 16] [--precision fp32|bf16]
+
+The same real CS224N training batches (batch 16, the backbone's tokenizer, padding to each
+batch's longest sequence) go through three ways of taking a 3-task step, each with its own copy
+of the same initial model and its own AdamW:
+
+- plain:  SST, QQP and STS losses, one backward each (grads add up), clipping, AdamW step;
+- smart:  the same with λ·R_s (T = 1) in every task's loss;
+- pcgrad: the same losses through ``PCGrad.accumulate`` / ``combine``.
+
+Every loss is the trainer's own (``pipeline.train.task_step_loss``). The three take turns
+within each step (in rotating order), so a change in machine load hits all of them alike.
+Prints the median step time over ``--steps`` steps after ``--warmup``, the ratios to plain, and
+memory: on CUDA the peak allocated during each mode's steps (all three models are resident, so
+compare differences); everywhere the bytes of PCGrad's per-task buffers against one flat fp32
+copy of the shared parameters, and the process's max RSS.
+
+Then the size of R_s on one batch per task (dropout off inside R_s; T = 1, σ² = 1e-5) at the
+paper's ε = 1e-6 (η = 1e-3), at ε = 1e-3 (η = 1e-3), and at ε = η = 1, about the radius of
+MT-DNN's per-token normalised perturbation; beside it the dropout disagreement
+ℓ_s(f_train(x), f_eval(x)) that R_s would measure if its clean f(x) kept dropout, and the task
+loss — in fp32 and bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BertConfig, BertModel
+
+from pipeline.batching import collate, tokenize_task
+from pipeline.config import (
+    LossConfig,
+    MemberConfig,
+    ModelConfig,
+    PcgradConfig,
+    SmartConfig,
+    TrainConfig,
+)
+from pipeline.data import read_task_split
+from pipeline.evaluate import autocast
+from pipeline.losses import task_loss
+from pipeline.model import MultitaskModel
+from pipeline.pcgrad import PCGrad
+from pipeline.smart import eval_mode, smart_regularizer, smoothness_loss
+from pipeline.train import build_optimizer, load_tokenizer, task_step_loss
+
+TASKS = ["sst", "qqp", "sts"]
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
+MODES = ("plain", "smart", "pcgrad")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="minilm",
+                        help="minilm, bert-base-random (random weights, bert-base shape) or a dir")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=DATA)
+    return parser.parse_args()
+
+
+def build_model(backbone: str, cfg: ModelConfig) -> MultitaskModel:
+    torch.manual_seed(0)
+    if backbone == "bert-base-random":
+        return MultitaskModel(cfg, TASKS, backbone=BertModel(BertConfig()))
+    return MultitaskModel(cfg, TASKS)
+
+
+def step_batches(args: argparse.Namespace, tokenizer, max_length: int) -> list[dict]:
+    """``warmup + steps`` steps of one real training batch per task, drawn once (seeded)."""
+    count = args.warmup + args.steps
+    rng = np.random.default_rng(0)
+    per_task = {}
+    for task in TASKS:
+        frame, _ = read_task_split(args.data, task, "train")
+        rows = frame.iloc[rng.choice(len(frame), count * args.batch_size, replace=False)]
+        data = tokenize_task(task, rows.reset_index(drop=True), tokenizer, max_length, "concat")
+        per_task[task] = [
+            collate(data, np.arange(s * args.batch_size, (s + 1) * args.batch_size),
+                    tokenizer.pad_token_id)
+            for s in range(count)
+        ]
+    return [{task: per_task[task][s] for task in TASKS} for s in range(count)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Runner:
+    """One way of taking a step: its own copy of the model, optimiser and PCGrad state."""
+
+    member: MemberConfig
+    model: MultitaskModel
+    optimizer: torch.optim.Optimizer
+    pcgrad: PCGrad | None
+    times: list[float] = field(default_factory=list)
+    peak_mib: float = 0.0  # CUDA only
+
+    def step(self, batches: dict, device: torch.device, timed: bool) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        began = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for task in TASKS:
+            batch = batches[task].to(device)
+            with autocast(device, self.member.train.precision):
+                loss = task_step_loss(self.model, batch, self.member)
+            if self.pcgrad:
+                self.pcgrad.accumulate(task, loss)
+            else:
+                loss.backward()
+        if self.pcgrad:
+            self.pcgrad.combine()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.member.train.max_grad_norm)
+        self.optimizer.step()
+        sync(device)
+        if timed:
+            self.times.append(time.perf_counter() - began)
+            if device.type == "cuda":
+                self.peak_mib = max(self.peak_mib, torch.cuda.max_memory_allocated() / 2**20)
+
+
+def make_runner(member: MemberConfig, backbone: str, device: torch.device) -> Runner:
+    model = build_model(backbone, member.model).to(device)  # same seed: same initial weights
+    model.train()
+    pcgrad = (PCGrad(model.shared_parameters(), TASKS, torch.Generator().manual_seed(0))
+              if member.pcgrad.enabled else None)
+    return Runner(member, model, build_optimizer(model, member), pcgrad)
+
+
+SMART_SETTINGS = {"ε=1e-6": (1e-6, 1e-3), "ε=1e-3": (1e-3, 1e-3), "ε=η=1": (1.0, 1.0)}
+
+
+def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -> None:
+    print("\nR_s per task on one batch (dropout off inside R_s; T = 1, σ² = 1e-5)")
+    print(f"{'task':5} {'precision':9} "
+          + " ".join(f"{'R_s ' + name:>12}" for name in SMART_SETTINGS)
+          + f" {'dropout ℓ_s':>12} {'task loss':>10}")
+    for task in TASKS:
+        batch = step[task].to(device)
+        masks = [enc["attention_mask"] for enc in batch.inputs]
+        for precision in ("fp32", "bf16"):
+            with autocast(device, precision):
+                model.train()
+                output = model(task, batch.inputs)
+                with torch.no_grad(), eval_mode(model):
+                    clean = model(task, batch.inputs)
+                values = []
+                for epsilon, step_size in SMART_SETTINGS.values():
+                    cfg = SmartConfig(lambda_=1.0, epsilon=epsilon, step_size=step_size)
+                    values.append(smart_regularizer(
+                        lambda e, b=batch, t=task: model(t, b.inputs, inputs_embeds=e),
+                        model.input_embeddings(batch.inputs), masks, task, cfg, model,
+                        torch.Generator(device=device).manual_seed(0)).item())
+                dropout = smoothness_loss(task, output, clean).item()
+                loss = task_loss(task, output, batch.labels, 0.0).item()
+            print(f"{task:5} {precision:9} " + " ".join(f"{v:12.3e}" for v in values)
+                  + f" {dropout:12.3e} {loss:10.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    model_cfg = ModelConfig(backbone=args.backbone)
+    tokenizer = load_tokenizer("minilm" if args.backbone == "bert-base-random" else args.backbone)
+    batches = step_batches(args, tokenizer, model_cfg.max_length)
+    train = TrainConfig(batch_size=args.batch_size, precision=args.precision,
+                        device=str(device))
+    base = MemberConfig("bench", TASKS, [], model_cfg, LossConfig(), train, SmartConfig(),
+                        PcgradConfig())
+    members = {
+        "plain": base,
+        "smart": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0)),
+        "pcgrad": dataclasses.replace(base, pcgrad=PcgradConfig(enabled=True)),
+    }
+    runners = {mode: make_runner(members[mode], args.backbone, device) for mode in MODES}
+    model = runners["plain"].model
+    flat_fp32 = sum(p.numel() for p in model.shared_parameters()) * 4
+    print(f"backbone {args.backbone}, device {device} ({torch.get_num_threads()} threads), "
+          f"{args.precision}, batch {args.batch_size} x 3 tasks, "
+          f"median of {args.steps} steps after {args.warmup}")
+    for s, step in enumerate(batches):
+        # Modes take turns within each step (rotating), so a load change hits all of them.
+        for m in range(len(MODES)):
+            runners[MODES[(s + m) % len(MODES)]].step(step, device, timed=s >= args.warmup)
+    plain = runners["plain"]
+    plain_time = statistics.median(plain.times)
+    cuda = device.type == "cuda"
+    print(f"\n{'mode':7} {'step s':>8} {'x plain':>8}"
+          + (f" {'peak MiB':>9} {'extra MiB':>10}" if cuda else ""))
+    for mode, runner in runners.items():
+        seconds = statistics.median(runner.times)
+        print(f"{mode:7} {seconds:8.3f} {seconds / plain_time:8.2f}"
+              + (f" {runner.peak_mib:9.0f} {runner.peak_mib - plain.peak_mib:10.0f}"
+                 if cuda else ""))
+    pcgrad_bytes = runners["pcgrad"].pcgrad.buffer_bytes()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nshared parameters: {flat_fp32 / 4 / 1e6:.1f} M; one flat fp32 copy "
+          f"{flat_fp32 / 2**20:.1f} MiB; PCGrad buffers {pcgrad_bytes / 2**20:.1f} MiB "
+          f"= {pcgrad_bytes / flat_fp32:.2f} copies; process max RSS {rss:.0f} MiB "
+          f"(three models)")
+    if cuda:
+        extra = runners["pcgrad"].peak_mib - plain.peak_mib
+        print(f"PCGrad extra peak over plain: {extra:.0f} MiB "
+              f"= {extra * 2**20 / flat_fp32:.2f} flat fp32 copies")
+    regularizer_sizes(model, batches[0], device)
+
+
+if __name__ == "__main__":
+    main()
