@@ -27,7 +27,13 @@ from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
 from pipeline.data import prepare
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel
-from pipeline.train import Trainer, load_tokenizer, member_frames, tokenize_member_data
+from pipeline.train import (
+    Trainer,
+    load_tokenizer,
+    member_frames,
+    resolve_device,
+    tokenize_member_data,
+)
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
@@ -94,8 +100,7 @@ def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
     member = bench_member(args.backbone, args.steps, args.batch_size, "fp32", args.device)
     frames = member_frames(member, args.prepared, args.prepared)
     tokenizer = load_tokenizer(member.model.backbone)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = MultitaskModel(member.model, TASKS).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
@@ -154,7 +159,7 @@ def main() -> None:
             results.append(queue.get())
             proc.join()
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = resolve_device(args.device)
     print(f"backbone={args.backbone} device={device} threads={args.threads} "
           f"batch={args.batch_size} steps={args.steps} (SST/QQP/STS round robin, real data)")
     print(f"{'loop':<22}{'samples/s':>11}{'tokens/s':>11}{'peak MB':>10}{'speed-up':>10}")
