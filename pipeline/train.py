@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from pipeline.batching import Batch, TokenizedTask, collate, epoch_batches, tokenize_task
@@ -35,7 +36,6 @@ from pipeline.model import (
     PAIR_TASKS,
     MultitaskModel,
     cosine_distance,
-    load_backbone,
     resolve_backbone,
 )
 from pipeline.pcgrad import PCGrad
@@ -46,6 +46,7 @@ MEMBER_CONFIG_FILE = "bestfit.json"
 HEADS_FILE = "heads.safetensors"
 CHECKPOINT_FILE = "last.pt"
 BEST_DIR = "best"
+PROGRESS_SECONDS = 30
 
 
 @dataclass
@@ -297,7 +298,9 @@ class Trainer:
         iterators = self._batches(epoch)
         zero = torch.zeros((), device=self.device)
         loss_sums = {task: [zero.clone(), 0] for task in self.train_sets}
-        for step in self.plan.tasks[epoch - 1]:
+        steps = self.plan.tasks[epoch - 1]
+        for step in tqdm(steps, desc=f"{self.member.name} epoch {epoch}/{self.cfg.epochs}",
+                         unit="step", mininterval=PROGRESS_SECONDS):
             self._step(step.split(","), iterators, loss_sums)
         # The epoch's only host synchronisation (bar PCGrad's 3×3 Gram matrix per step).
         return {f"train_loss/{task}": float(total) / count
@@ -321,7 +324,7 @@ class Trainer:
         for epoch in range(start_epoch + 1, self.cfg.epochs + 1):
             began = time.perf_counter()
             losses = self.train_epoch(epoch)
-            _, metrics = self.evaluate("dev")
+            dev_predictions, metrics = self.evaluate("dev")
             result.train_seconds += time.perf_counter() - began
             record = {"epoch": epoch, **losses, **{f"dev/{k}": v for k, v in metrics.items()},
                       "lr": self.scheduler.get_last_lr()[0], "seconds": result.train_seconds}
@@ -333,9 +336,16 @@ class Trainer:
             if not result.best_metrics or score > result.best_metrics.get(
                     select, result.best_metrics["overall"]):
                 result.best_metrics, result.best_epoch = metrics, epoch
-                save_member(self.model, self.member, self.tokenizer, self.best_dir)
+                self._save_best(dev_predictions)
             self._save_checkpoint(epoch, result)
         return result
+
+    def _save_best(self, dev_predictions: dict[str, pd.DataFrame]) -> None:
+        """Snapshot the model with its dev predictions, so they need not be computed again."""
+        with atomic_path(self.best_dir) as tmp:
+            save_member(self.model, self.member, self.tokenizer, tmp / "model")
+            for task, frame in dev_predictions.items():
+                write_parquet(frame, tmp / "predictions" / f"{task}_dev.parquet")
 
     def _log(self, record: dict[str, float]) -> None:
         if self.live is None:
@@ -360,7 +370,11 @@ def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, director
 
 def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskModel:
     """Load a saved member's backbone, heads and pooler into ``model`` (built from its config)."""
-    model.backbone.load_state_dict(load_backbone(str(directory)).state_dict())
+    # The backbone's own safetensors shards, read straight into the model built from its config.
+    backbone_state = {}
+    for shard in sorted(Path(directory).glob("model*.safetensors")):
+        backbone_state.update(load_file(str(shard)))
+    model.backbone.load_state_dict(backbone_state)
     missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)),
                                                 strict=False)
     if unexpected or any(not n.startswith("backbone.") for n in missing):
@@ -387,15 +401,15 @@ def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
     tokenize_seconds = time.perf_counter() - began
     trainer = Trainer(member, data, tokenizer, checkpoint_dir, live)
     result = trainer.fit()
-    load_member_weights(trainer.model, trainer.best_dir)
+    best_model, best_predictions = trainer.best_dir / "model", trainer.best_dir / "predictions"
+    load_member_weights(trainer.model, best_model)
     with atomic_path(out_dir / "model") as tmp:
-        shutil.copytree(trainer.best_dir, tmp)
+        shutil.copytree(best_model, tmp)
     with atomic_path(out_dir / "predictions") as tmp:
-        tmp.mkdir()
-        for split in ("dev", "test"):
-            preds, _ = trainer.evaluate(split)
-            for task, frame in preds.items():
-                write_parquet(frame, tmp / f"{task}_{split}.parquet")
+        shutil.copytree(best_predictions, tmp)
+        test_predictions, _ = trainer.evaluate("test")
+        for task, frame in test_predictions.items():
+            write_parquet(frame, tmp / f"{task}_test.parquet")
     metrics = {
         **result.best_metrics,
         "best_epoch": result.best_epoch,

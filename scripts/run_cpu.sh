@@ -15,7 +15,9 @@ git rev-parse --verify -q HEAD > /dev/null || {
 time dvc exp run \
     -S "data.source=$DATA/cs224n" \
     -S "augment.reviews.source=$DATA/amazon" \
-    -S augment.reviews.per_label=300 \
+    -S augment.reviews.per_label=100 \
+    -S model.pooling=mean \
+    -S train.lr=5e-5 \
     -S model.backbone=minilm \
     -S train.epochs=3 \
     -S train.batches_per_epoch=300 \
