@@ -53,14 +53,16 @@ def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFr
     return out
 
 
+def labels_for(task: str, frame: pd.DataFrame, dev: pd.DataFrame) -> np.ndarray:
+    """The prepared dev labels of ``frame``'s rows, matched by id."""
+    truth = dev.set_index(dev["id"].astype(str))["label"]
+    return truth.loc[frame["id"].astype(str)].to_numpy(np.float64 if task == "sts" else np.int64)
+
+
 def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame]
                      ) -> dict[str, float]:
     """Dev metrics of the ensembled predictions against the prepared dev labels (by id)."""
-    labels = {}
-    for task, frame in preds.items():
-        truth = dev[task].set_index(dev[task]["id"].astype(str))["label"]
-        labels[task] = truth.loc[frame["id"]].to_numpy(
-            np.float64 if task == "sts" else np.int64)
+    labels = {task: labels_for(task, frame, dev[task]) for task, frame in preds.items()}
     return score_predictions(preds, labels)
 
 

@@ -18,6 +18,7 @@ from pipeline.data import load_prepared
 from pipeline.ensemble import (
     average_predictions,
     ensemble_metrics,
+    labels_for,
     read_member_predictions,
     submission_name,
     submission_text,
@@ -53,18 +54,15 @@ def main() -> None:
                 (tmp / submission_name(task, split)).write_text(submission_text(task, frame))
     with atomic_path("plots") as tmp:
         tmp.mkdir()
-        if "sst" in preds["dev"]:
-            truth = dev["sst"].set_index(dev["sst"]["id"].astype(str))["label"]
-            frame = preds["dev"]["sst"]
-            pd.DataFrame({"actual": truth.loc[frame["id"]].to_numpy(),
-                          "predicted": frame["pred"].to_numpy()}).to_csv(
-                tmp / "sst_confusion.csv", index=False)
-        if "sts" in preds["dev"]:
-            truth = dev["sts"].set_index(dev["sts"]["id"].astype(str))["label"]
-            frame = preds["dev"]["sts"]
-            pd.DataFrame({"true_similarity": truth.loc[frame["id"]].to_numpy(),
-                          "predicted_similarity": frame["pred"].to_numpy()}).to_csv(
-                tmp / "sts_scatter.csv", index=False)
+        # DVC plots: (label, prediction) per dev row — SST confusion matrix, STS scatter.
+        plots = {"sst": ("sst_confusion.csv", "actual", "predicted"),
+                 "sts": ("sts_scatter.csv", "true_similarity", "predicted_similarity")}
+        for task, (name, truth_column, pred_column) in plots.items():
+            if task in preds["dev"]:
+                frame = preds["dev"][task]
+                pd.DataFrame({truth_column: labels_for(task, frame, dev[task]),
+                              pred_column: frame["pred"].to_numpy()}).to_csv(tmp / name,
+                                                                             index=False)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

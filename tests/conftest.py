@@ -57,3 +57,11 @@ def make_tiny_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_bert):
+    """The tiny BERT's word-level tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_bert))

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from pipeline.batching import (
     Batch,
@@ -28,11 +27,6 @@ SST = [("s1", "the movie was good", 3), ("s2", "a very boring film", 1),
 PAIRS = [("p1", "how do i run", "what is the best run", 1),
          ("p2", "the cat plays", "a dog runs", 0)]
 STS = [("t1", "a man plays", "a woman plays", 3.5), ("t2", "the dog runs", "a cat", 0.25)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_bert):
-    return AutoTokenizer.from_pretrained(str(tiny_bert))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import pearsonr
-from transformers import AutoTokenizer
 
 from pipeline.batching import tokenize_task
 from pipeline.config import ModelConfig
@@ -112,11 +111,6 @@ SENTENCES = ["the movie was good", "a very boring film and the story was bad",
              "the plot", "not good"]
 SECONDS = ["the film was great", "no", "how is the story", "the worst movie",
            "a dog", "i hate the plot and the acting", "very very good"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_bert):
-    return AutoTokenizer.from_pretrained(str(tiny_bert))
 
 
 @pytest.fixture(scope="module")

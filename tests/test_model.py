@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
 from pipeline.config import HeadConfig, ModelConfig
 from pipeline.model import AttentionPooling, MultitaskModel, mlp_head, pool, resolve_backbone
@@ -20,11 +19,6 @@ SENTENCES = ["the movie was good", "a very boring film", "i love this story !"]
 SECONDS = ["the film was great", "what a terrible plot", "the story is not bad"]
 SHORT = "the movie was good"
 LONG = "the film was very very bad and the story was boring but the actor was great and fun"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_bert):
-    return AutoTokenizer.from_pretrained(str(tiny_bert))
 
 
 @pytest.fixture(scope="module")
