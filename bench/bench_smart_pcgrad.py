@@ -8,7 +8,8 @@ batch's longest sequence) go through three ways of taking a 3-task step, each wi
 of the same initial model and its own AdamW:
 
 - plain:  SST, QQP and STS losses, one backward each (grads add up), clipping, AdamW step;
-- smart:  the same with λ·R_s (T = 1) in every task's loss;
+- smart:  the same with λ·R_s (T = 1) in every task's loss, gradient through f(x̃) and f(x);
+- smart-vat: the same with f(x) a constant target (``smart.clean_grad: false``);
 - pcgrad: the same losses through ``PCGrad.accumulate`` / ``combine``.
 
 Every loss is the trainer's own (``pipeline.train.task_step_loss``). The three take turns
@@ -58,7 +59,7 @@ from pipeline.train import build_optimizer, load_tokenizer, task_step_loss
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
-MODES = ("plain", "smart", "pcgrad")
+MODES = ("plain", "smart", "smart-vat", "pcgrad")
 
 
 def parse_args() -> argparse.Namespace:
@@ -194,6 +195,7 @@ def main() -> None:
     members = {
         "plain": base,
         "smart": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0)),
+        "smart-vat": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0, clean_grad=False)),
         "pcgrad": dataclasses.replace(base, pcgrad=PcgradConfig(enabled=True)),
     }
     runners = {mode: make_runner(members[mode], args.backbone, device) for mode in MODES}
@@ -209,11 +211,11 @@ def main() -> None:
     plain = runners["plain"]
     plain_time = statistics.median(plain.times)
     cuda = device.type == "cuda"
-    print(f"\n{'mode':7} {'step s':>8} {'x plain':>8}"
+    print(f"\n{'mode':9} {'step s':>8} {'x plain':>8}"
           + (f" {'peak MiB':>9} {'extra MiB':>10}" if cuda else ""))
     for mode, runner in runners.items():
         seconds = statistics.median(runner.times)
-        print(f"{mode:7} {seconds:8.3f} {seconds / plain_time:8.2f}"
+        print(f"{mode:9} {seconds:8.3f} {seconds / plain_time:8.2f}"
               + (f" {runner.peak_mib:9.0f} {runner.peak_mib - plain.peak_mib:10.0f}"
                  if cuda else ""))
     pcgrad_bytes = runners["pcgrad"].pcgrad.buffer_bytes()

@@ -104,6 +104,8 @@ class SmartConfig:
     noise_var: float = 1e-5
     steps: int = 1
     norm: Literal["inf", "l2"] = "inf"
+    # false: f(x) is a constant target (as in VAT), ~10% cheaper: no backward through it.
+    clean_grad: bool = True
 
     def lambda_for(self, task: str) -> float:
         return self.task_lambda.get(task, self.lambda_)

@@ -63,14 +63,15 @@ MASKS = [np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=float),
          np.array([[1, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=float)]
 
 
+@pytest.mark.parametrize("clean_grad", [True, False])
 @pytest.mark.parametrize("norm", ["inf", "l2"])
-def test_linear_regression_matches_hand_computation(norm):
+def test_linear_regression_matches_hand_computation(norm, clean_grad):
     """f(x) = Σ w1·x1 + Σ w2·x2 + b with MSE: ℓ_i = (w·δ_i)², ∇_δ ℓ_i = 2(w·δ_i)·w (masked)."""
     rng = np.random.default_rng(0)
     w = [rng.normal(size=s[1:]) for s in SHAPES]
     x = [rng.normal(size=s) for s in SHAPES]
     cfg = SmartConfig(lambda_=1.0, epsilon=0.05, step_size=0.04, noise_var=0.02**2, steps=1,
-                      norm=norm)
+                      norm=norm, clean_grad=clean_grad)
 
     def dot(ws, ds):
         return sum((wk * dk).sum(axis=(1, 2)) for wk, dk in zip(ws, ds, strict=True))
@@ -81,7 +82,9 @@ def test_linear_regression_matches_hand_computation(norm):
     delta1 = step_and_project(delta0, grads, cfg)
     expected = (dot(w, delta1) ** 2).mean()
     # Both f(x̃) and f(x) carry θ, δ* is a constant: ∂R/∂w_k = mean_i 2(w·δ_i)·δ_ik.
-    expected_grad = [(2 * dot(w, delta1)[:, None, None] * dk).mean(0) for dk in delta1]
+    # With f(x) a constant target only f(x̃) = w·(x + δ) + b carries θ: mean_i 2(w·δ_i)·x̃_ik.
+    expected_grad = [(2 * dot(w, delta1)[:, None, None] * (dk if clean_grad else xk + dk)).mean(0)
+                     for xk, dk in zip(x, delta1, strict=True)]
 
     weights = [torch.tensor(wk, requires_grad=True) for wk in w]
     model = nn.Module()
