@@ -2,9 +2,10 @@
 
     python bench/bench_smart_pcgrad.py [--backbone minilm|bert-base-random|DIR] [--steps 6]
                                        [--warmup 1] [--batch-size 16] [--precision fp32|bf16]
+                                       [--tokenizer NAME|DIR] [--data DIR]
 
 The same real CS224N training batches (batch 16, the backbone's tokenizer, padding to each
-batch's longest sequence) go through three ways of taking a 3-task step, each with its own copy
+batch's longest sequence) go through four ways of taking a 3-task step, each with its own copy
 of the same initial model and its own AdamW:
 
 - plain:  SST, QQP and STS losses, one backward each (grads add up), clipping, AdamW step;
@@ -73,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer name or dir; default: the backbone's (minilm's for "
+                             "bert-base-random, which shares its vocabulary)")
     return parser.parse_args()
 
 
@@ -186,7 +190,8 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     model_cfg = ModelConfig(backbone=args.backbone)
-    tokenizer = load_tokenizer("minilm" if args.backbone == "bert-base-random" else args.backbone)
+    tokenizer = load_tokenizer(args.tokenizer or (
+        "minilm" if args.backbone == "bert-base-random" else args.backbone))
     batches = step_batches(args, tokenizer, model_cfg.max_length)
     train = TrainConfig(batch_size=args.batch_size, precision=args.precision,
                         device=str(device))
