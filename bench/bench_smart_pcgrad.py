@@ -2,29 +2,39 @@
 
     python bench/bench_smart_pcgrad.py [--backbone minilm|bert-base-random|DIR] [--steps 6]
                                        [--warmup 1] [--batch-size 16] [--precision fp32|bf16]
-                                       [--tokenizer NAME|DIR] [--data DIR]
+                                       [--tokenizer NAME|DIR] [--data DIR] [--modes MODE ...]
 
 The same real CS224N training batches (batch 16, the backbone's tokenizer, padding to each
-batch's longest sequence) go through four ways of taking a 3-task step, each with its own copy
-of the same initial model and its own AdamW:
+batch's longest sequence) go through several ways of taking a 3-task step, each with its own
+copy of the same initial model (fp32 master weights, whatever dtype a DIR stores) and AdamW:
 
 - plain:  SST, QQP and STS losses, one backward each (grads add up), clipping, AdamW step;
-- smart:  the same with λ·R_s (T = 1) in every task's loss, gradient through f(x̃) and f(x);
-- smart-vat: the same with f(x) a constant target (``smart.clean_grad: false``);
-- pcgrad: the same losses through ``PCGrad.accumulate`` / ``combine``.
+- smart:  the same with λ·R_s (T = 1, the paper's defaults) in every task's loss,
+  ``smart.perturbation: normalize`` (the default: the paper's code);
+- smart-project: the same with Jiang et al.'s ε-ball (``perturbation: project``), gradient
+  through f(x̃) and f(x);
+- smart-project-vat: that with f(x) a constant target (``smart.clean_grad: false``);
+- pcgrad: the plain losses through ``PCGrad.accumulate`` / ``combine``.
 
-Every loss is the trainer's own (``pipeline.train.task_step_loss``). The three take turns
-within each step (in rotating order), so a change in machine load hits all of them alike.
-Prints the median step time over ``--steps`` steps after ``--warmup``, the ratios to plain, and
-memory: on CUDA the peak allocated during each mode's steps (all three models are resident, so
-compare differences); everywhere the bytes of PCGrad's per-task buffers against one flat fp32
-copy of the shared parameters, and the process's max RSS.
+Every loss is the trainer's own (``pipeline.train.task_step_loss``). The modes take turns within
+each step (in rotating order), so a change in machine load hits all of them alike. Prints the
+median step time over ``--steps`` steps after ``--warmup``, the ratios to plain, and memory: on
+CUDA the peak allocated during each mode's steps (all models are resident, so compare
+differences); with pcgrad the bytes of its per-task buffers against one flat fp32 copy of the
+shared parameters, and the process's max RSS.
 
-Then the size of R_s on one batch per task (dropout off inside R_s; T = 1, σ² = 1e-5) at the
-paper's ε = 1e-6 (η = 1e-3), at ε = 1e-3 (η = 1e-3), and at ε = η = 1, about the radius of
-MT-DNN's per-token normalised perturbation; beside it the dropout disagreement
-ℓ_s(f_train(x), f_eval(x)) that R_s would measure if its clean f(x) kept dropout, and the task
-loss — in fp32 and bf16 autocast.
+Then the size of R_s on one batch per task at the paper's defaults (T = 1, ε = 1e-6, η = 1e-3,
+σ² = 1e-5), as the trainer computes it (model in train mode, ``output`` the task loss's own
+dropout-on pass): under ``normalize`` and ``project``, each also divided by the task loss, and
+under ``project`` at ε = η = 1, a radius like normalize's; beside them the dropout disagreement
+ℓ_s(f_train(x), f_eval(x)), which normalize's target carries, and the task loss — in fp32 and
+bf16 autocast.
+
+Offline GPU run (a dir holding a MiniLM copy with its tokenizer files, the CS224N csv dir):
+
+    python bench/bench_smart_pcgrad.py --backbone MINILM_DIR --precision bf16 --data CS224N_DIR
+    python bench/bench_smart_pcgrad.py --backbone bert-base-random --tokenizer MINILM_DIR \
+        --precision bf16 --data CS224N_DIR
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from pipeline.train import build_optimizer, load_tokenizer, task_step_loss
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
-MODES = ("plain", "smart", "smart-vat", "pcgrad")
+MODES = ("plain", "smart", "smart-project", "smart-project-vat", "pcgrad")
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,6 +87,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer name or dir; default: the backbone's (minilm's for "
                              "bert-base-random, which shares its vocabulary)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="step modes to time (plain is always included: ratios need it)")
     return parser.parse_args()
 
 
@@ -84,7 +96,8 @@ def build_model(backbone: str, cfg: ModelConfig) -> MultitaskModel:
     torch.manual_seed(0)
     if backbone == "bert-base-random":
         return MultitaskModel(cfg, TASKS, backbone=BertModel(BertConfig()))
-    return MultitaskModel(cfg, TASKS)
+    # A half-precision copy loads in its stored dtype; train as the trainer does, fp32 + autocast.
+    return MultitaskModel(cfg, TASKS).float()
 
 
 def step_batches(args: argparse.Namespace, tokenizer, max_length: int) -> list[dict]:
@@ -129,7 +142,7 @@ class Runner:
         for task in TASKS:
             batch = batches[task].to(device)
             with autocast(device, self.member.train.precision):
-                loss = task_step_loss(self.model, batch, self.member)
+                loss, _ = task_step_loss(self.model, batch, self.member)
             if self.pcgrad:
                 self.pcgrad.accumulate(task, loss)
             else:
@@ -153,13 +166,18 @@ def make_runner(member: MemberConfig, backbone: str, device: torch.device) -> Ru
     return Runner(member, model, build_optimizer(model, member), pcgrad)
 
 
-SMART_SETTINGS = {"ε=1e-6": (1e-6, 1e-3), "ε=1e-3": (1e-3, 1e-3), "ε=η=1": (1.0, 1.0)}
+SMART_SETTINGS = {
+    "normalize": SmartConfig(lambda_=1.0),
+    "project": SmartConfig(lambda_=1.0, perturbation="project"),
+    "proj ε=η=1": SmartConfig(lambda_=1.0, perturbation="project", epsilon=1.0, step_size=1.0),
+}
 
 
 def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -> None:
-    print("\nR_s per task on one batch (dropout off inside R_s; T = 1, σ² = 1e-5)")
+    print("\nR_s per task on one batch as the trainer computes it (T = 1, σ² = 1e-5, ε = 1e-6, "
+          "η = 1e-3 unless named), and R_s / task loss")
     print(f"{'task':5} {'precision':9} "
-          + " ".join(f"{'R_s ' + name:>12}" for name in SMART_SETTINGS)
+          + " ".join(f"{'R_s ' + name:>15} {'/ loss':>8}" for name in SMART_SETTINGS)
           + f" {'dropout ℓ_s':>12} {'task loss':>10}")
     for task in TASKS:
         batch = step[task].to(device)
@@ -170,16 +188,15 @@ def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -
                 output = model(task, batch.inputs)
                 with torch.no_grad(), eval_mode(model):
                     clean = model(task, batch.inputs)
-                values = []
-                for epsilon, step_size in SMART_SETTINGS.values():
-                    cfg = SmartConfig(lambda_=1.0, epsilon=epsilon, step_size=step_size)
-                    values.append(smart_regularizer(
-                        lambda e, b=batch, t=task: model(t, b.inputs, inputs_embeds=e),
-                        model.input_embeddings(batch.inputs), masks, task, cfg, model,
-                        torch.Generator(device=device).manual_seed(0)).item())
+                values = [smart_regularizer(
+                    lambda e, b=batch, t=task: model(t, b.inputs, inputs_embeds=e),
+                    model.input_embeddings(batch.inputs), masks, task, cfg, model,
+                    torch.Generator(device=device).manual_seed(0), output=output).item()
+                    for cfg in SMART_SETTINGS.values()]
                 dropout = smoothness_loss(task, output, clean).item()
                 loss = task_loss(task, output, batch.labels, 0.0).item()
-            print(f"{task:5} {precision:9} " + " ".join(f"{v:12.3e}" for v in values)
+            print(f"{task:5} {precision:9} "
+                  + " ".join(f"{v:15.3e} {v / loss:8.1e}" for v in values)
                   + f" {dropout:12.3e} {loss:10.3f}")
 
 
@@ -197,13 +214,17 @@ def main() -> None:
                         device=str(device))
     base = MemberConfig("bench", TASKS, [], model_cfg, LossConfig(), train, SmartConfig(),
                         PcgradConfig())
+    project = SmartConfig(lambda_=1.0, perturbation="project")
     members = {
         "plain": base,
         "smart": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0)),
-        "smart-vat": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0, clean_grad=False)),
+        "smart-project": dataclasses.replace(base, smart=project),
+        "smart-project-vat": dataclasses.replace(
+            base, smart=dataclasses.replace(project, clean_grad=False)),
         "pcgrad": dataclasses.replace(base, pcgrad=PcgradConfig(enabled=True)),
     }
-    runners = {mode: make_runner(members[mode], args.backbone, device) for mode in MODES}
+    modes = [mode for mode in MODES if mode == "plain" or mode in args.modes]
+    runners = {mode: make_runner(members[mode], args.backbone, device) for mode in modes}
     model = runners["plain"].model
     flat_fp32 = sum(p.numel() for p in model.shared_parameters()) * 4
     print(f"backbone {args.backbone}, device {device} ({torch.get_num_threads()} threads), "
@@ -211,25 +232,26 @@ def main() -> None:
           f"median of {args.steps} steps after {args.warmup}")
     for s, step in enumerate(batches):
         # Modes take turns within each step (rotating), so a load change hits all of them.
-        for m in range(len(MODES)):
-            runners[MODES[(s + m) % len(MODES)]].step(step, device, timed=s >= args.warmup)
+        for m in range(len(modes)):
+            runners[modes[(s + m) % len(modes)]].step(step, device, timed=s >= args.warmup)
     plain = runners["plain"]
     plain_time = statistics.median(plain.times)
     cuda = device.type == "cuda"
-    print(f"\n{'mode':9} {'step s':>8} {'x plain':>8}"
+    print(f"\n{'mode':17} {'step s':>8} {'x plain':>8}"
           + (f" {'peak MiB':>9} {'extra MiB':>10}" if cuda else ""))
     for mode, runner in runners.items():
         seconds = statistics.median(runner.times)
-        print(f"{mode:9} {seconds:8.3f} {seconds / plain_time:8.2f}"
+        print(f"{mode:17} {seconds:8.3f} {seconds / plain_time:8.2f}"
               + (f" {runner.peak_mib:9.0f} {runner.peak_mib - plain.peak_mib:10.0f}"
                  if cuda else ""))
-    pcgrad_bytes = runners["pcgrad"].pcgrad.buffer_bytes()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nshared parameters: {flat_fp32 / 4 / 1e6:.1f} M; one flat fp32 copy "
-          f"{flat_fp32 / 2**20:.1f} MiB; PCGrad buffers {pcgrad_bytes / 2**20:.1f} MiB "
-          f"= {pcgrad_bytes / flat_fp32:.2f} copies; process max RSS {rss:.0f} MiB "
-          f"(three models)")
-    if cuda:
+          f"{flat_fp32 / 2**20:.1f} MiB; process max RSS {rss:.0f} MiB ({len(modes)} models)")
+    if "pcgrad" in runners:
+        pcgrad_bytes = runners["pcgrad"].pcgrad.buffer_bytes()
+        print(f"PCGrad buffers {pcgrad_bytes / 2**20:.1f} MiB "
+              f"= {pcgrad_bytes / flat_fp32:.2f} flat fp32 copies")
+    if cuda and "pcgrad" in runners:
         extra = runners["pcgrad"].peak_mib - plain.peak_mib
         print(f"PCGrad extra peak over plain: {extra:.0f} MiB "
               f"= {extra * 2**20 / flat_fp32:.2f} flat fp32 copies")

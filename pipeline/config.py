@@ -23,6 +23,8 @@ import yaml
 
 TASKS = ("sst", "qqp", "sts")
 Task = Literal["sst", "qqp", "sts"]
+# Parts of a separately encoded pair's feature: u, v, |u − v|, u ⊙ v (formulas in model.py).
+PairFeature = Literal["u", "v", "diff", "prod"]
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,11 @@ class DataConfig:
     source: str = "https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/main/data"
     # Optional cap on training rows per task (a seeded sample), for CPU-sized runs; null = all.
     train_rows: dict[str, int] = field(default_factory=dict)
+    # The same for the dev split (scores then come from a fixed seeded sample of dev); null = all.
+    dev_rows: dict[str, int] = field(default_factory=dict)
+    # Seeds the train_rows / dev_rows samples. Apart from the training seeds, so that training
+    # another seed never re-runs `prepare` nor trains on other rows.
+    seed: int = 11
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,16 @@ class HeadConfig:
 class ModelConfig:
     backbone: str = "bert-base-uncased"
     pair_encoding: Literal["concat", "separate"] = "concat"
+    # `separate` only: the parts concatenated into the pair tasks' head input, in this order.
+    pair_features: list[PairFeature] = field(default_factory=lambda: ["u", "v", "diff", "prod"])
     pooling: Literal["cls", "mean", "max", "attention"] = "cls"
     max_length: int = 128
     head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if not self.pair_features or len(set(self.pair_features)) != len(self.pair_features):
+            raise ConfigError(f"pair_features: expected distinct parts from "
+                              f"{list(typing.get_args(PairFeature))}, got {self.pair_features}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,8 @@ class LossConfig:
     # Weight of the contrastive loss on cosine distance added to the QQP and STS losses; 0 = off.
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.5
+    # STS target d² = (5 − y)/20 (`similarity`: similar pairs close) or y/20 (`paper`, as printed).
+    sts_contrastive_target: Literal["similarity", "paper"] = "similarity"
     # Weight of the squared ordinal error added to SST's CE; 0 = plain CE (paper: 0.1).
     ordered_ce_weight: float = 0.0
 
@@ -91,6 +107,8 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     num_threads: int | None = None  # torch CPU threads; null: torch's default
     select_by: Literal["overall", "sst_acc", "qqp_acc", "sts_pearson"] = "overall"
+    # Not a params.yaml key: the train stage sets it from its DVC matrix item, one run per entry
+    # of the top-level `seeds:` list (member_for_seed).
     seed: int = 11
 
 
@@ -99,12 +117,15 @@ class SmartConfig:
     # λ_s; 0 turns the regularizer off. Per-task overrides in `task_lambda`.
     lambda_: float = 0.0
     task_lambda: dict[str, float] = field(default_factory=dict)
+    # normalize: smart-pytorch's unit-norm perturbation per token, which the paper ran; project:
+    # Jiang et al.'s ε-ball. ε, σ² and the λ scale mean different things in each (smart.py).
+    perturbation: Literal["normalize", "project"] = "normalize"
     epsilon: float = 1e-6
     step_size: float = 1e-3
     noise_var: float = 1e-5
     steps: int = 1
     norm: Literal["inf", "l2"] = "inf"
-    # false: f(x) is a constant target (as in VAT): no backward through it, a ~20% cheaper step.
+    # false: f(x) is a constant target (as in VAT); under `project` that skips a backward pass.
     clean_grad: bool = True
 
     def lambda_for(self, task: str) -> float:
@@ -134,6 +155,9 @@ class ReviewsConfig:
     per_label: int = 3000
     match_label_counts: bool = True
     length_bins: int = 10  # SST length quantile bins that the kept reviews' lengths follow
+    # How each (label, length bin) cell's quota is filled from its candidates: the reviews nearest
+    # SST's label centroid, or a seeded random draw with no embedding (Table 3's random reviews).
+    selection: Literal["centroid", "random"] = "centroid"
     chunk_size: int = 10000  # lines read per chunk of the stream
     batch_size: int = 256  # encoder batch size
     # Reviews sampled per label (reservoir, same shares as per_label) before embedding; bounds
@@ -149,10 +173,14 @@ class ReviewsConfig:
 class LlmConfig:
     enabled: bool = False
     backend: Literal["vllm", "transformers"] = "vllm"
-    model: str = "meta-llama/Meta-Llama-3-8B-Instruct"
+    model: str = "meta-llama/Meta-Llama-3-8B"  # the paper's: the base model, not Instruct
+    # plain: a few-shot "Sentence: … / Label: …" continuation (base or instruct models); chat:
+    # the tokenizer's chat template (instruct models only: a base model never learnt its tokens).
+    prompt_format: Literal["plain", "chat"] = "plain"
     shots: int = 11
-    seed: int = 11
-    min_confidence: float = 0.5
+    seed: int = 11  # draws the shots and the max_reviews sample
+    max_reviews: int | None = 5000  # a seeded sample of the reviews is labeled; null: all
+    min_confidence: float | None = None  # keep labels with max_j p_j >= this; null: keep all
     max_review_tokens: int = 256
     batch_size: int = 16
     tensor_parallel_size: int = 1
@@ -192,6 +220,8 @@ class Params:
     augment: AugmentConfig
     models: dict[str, MemberConfig]
     ensemble: dict[str, list[str]]
+    # Training seeds: every member is trained once per seed (the train stage's matrix axis).
+    seeds: list[int] = field(default_factory=lambda: [TrainConfig.seed])
 
 
 # Sections a member may override, by params key.
@@ -280,7 +310,11 @@ def build(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
     for key, f in fields.items():
         if key in data:
             kwargs[f.name] = _check_type(data[key], hints[f.name], f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # A dataclass's own check (__post_init__) names its field; prefix where it sits.
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _check_task_keys(mapping: Mapping[str, Any], where: str) -> None:
@@ -305,6 +339,22 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return merged
 
 
+def _reject_train_seed(train: Any, where: str) -> None:
+    """Training seeds are the train stage's DVC matrix axis, so a `train.seed` key would be
+    silently overridden by it."""
+    if isinstance(train, Mapping) and "seed" in train:
+        raise ConfigError(f"{where}.seed: training seeds are not set here; list them in the "
+                          f"top-level `seeds:` (e.g. seeds: [11, 12, 13]), one run per seed")
+
+
+def _check_seeds(value: Any) -> list[int]:
+    seeds = _check_type(value, list[int], "params.yaml: seeds")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"params.yaml: seeds: expected a non-empty list of distinct integers, "
+                          f"got {seeds}")
+    return seeds
+
+
 def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]) -> MemberConfig:
     where = f"params.yaml: models.{name}"
     raw = {} if raw is None else raw
@@ -312,6 +362,7 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    _reject_train_seed(raw.get("train"), f"{where}.train")
     tasks = _check_type(raw.get("tasks", list(TASKS)), list[str], f"{where}.tasks")
     if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
         raise ConfigError(f"{where}.tasks: expected distinct tasks from {list(TASKS)}, got {tasks}")
@@ -331,6 +382,11 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
         raise ConfigError(
             f"{where}.train.custom.task: {built['train'].custom.task!r} is not among tasks {tasks}"
         )
+    train = built["train"]
+    if train.schedule == "custom" and train.custom.epochs >= train.epochs:
+        raise ConfigError(
+            f"{where}.train.custom.epochs: {train.custom.epochs} leaves no multitask epoch of "
+            f"train.epochs = {train.epochs}; expected custom.epochs < epochs")
     return MemberConfig(name=name, tasks=tasks, augment=augment, **built)
 
 
@@ -338,11 +394,12 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     """Build and validate :class:`Params` from the parsed YAML mapping."""
     if not isinstance(raw, Mapping):
         raise ConfigError("params.yaml: expected a mapping at the top level")
-    known = {"data", "augment", "models", "ensemble", *MEMBER_SECTIONS}
+    known = {"data", "augment", "models", "ensemble", "seeds", *MEMBER_SECTIONS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
             f"params.yaml: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    _reject_train_seed(raw.get("train"), "params.yaml: train")
     sections = {key: build(cls, raw.get(key), f"params.yaml: {key}") for key, cls in
                 MEMBER_SECTIONS.items()}
     _check_section_tasks(sections, "params.yaml: ")
@@ -363,13 +420,24 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
                 )
     data = build(DataConfig, raw.get("data"), "params.yaml: data")
     _check_task_keys(data.train_rows, "params.yaml: data.train_rows")
+    _check_task_keys(data.dev_rows, "params.yaml: data.dev_rows")
     return Params(
         data=data,
         augment=build(AugmentConfig, raw.get("augment"), "params.yaml: augment"),
         models=models,
         ensemble=ensemble,
+        seeds=_check_seeds(raw.get("seeds", [TrainConfig.seed])),
         **sections,
     )
+
+
+def member_for_seed(params: Params, name: str, seed: int) -> MemberConfig:
+    """Member ``name`` of ``params.models`` trained with ``seed`` (a train stage matrix item)."""
+    if name not in params.models:
+        raise ConfigError(
+            f"params.yaml: models has no member {name!r}; known: {sorted(params.models)}")
+    member = params.models[name]
+    return dataclasses.replace(member, train=dataclasses.replace(member.train, seed=seed))
 
 
 class _ParamsLoader(yaml.SafeLoader):

@@ -351,23 +351,30 @@ def cap_rows(table: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
 
 
 def prepare(
-    source: str, out_dir: Path, train_rows: dict[str, int], seed: int, cache_dir: Path
+    source: str, out_dir: Path, train_rows: dict[str, int], seed: int, cache_dir: Path,
+    dev_rows: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Read every task and split from ``source``, write the parquet tables and ``report.json``.
+
+    ``train_rows`` / ``dev_rows`` cap a task's train / dev split to a seeded sample (CPU-sized
+    runs: QQP's 20k dev pairs would cost more than a short epoch to score).
 
     Every file is read and validated before anything is written, so a malformed file leaves
     the previous outputs untouched.
     """
-    bad = {t: n for t, n in train_rows.items() if t not in TASKS or n < 1}
-    if bad:
-        raise DataError(f"data.train_rows: expected positive caps for tasks {TASKS}, got {bad}")
+    caps = {"train": train_rows, "dev": dev_rows or {}}
+    for split, split_caps in caps.items():
+        bad = {t: n for t, n in split_caps.items() if t not in TASKS or n < 1}
+        if bad:
+            raise DataError(
+                f"data.{split}_rows: expected positive caps for tasks {TASKS}, got {bad}")
     source_dir = fetch_source(source, cache_dir)
     tables, reports = {}, {}
     for task in TASKS:
         for split in SPLITS:
             table, report = read_task_split(source_dir, task, split)
-            if split == "train":
-                table = cap_rows(table, train_rows.get(task), seed)
+            if split in caps:
+                table = cap_rows(table, caps[split].get(task), seed)
             report.rows_written = len(table)
             tables[task, split], reports[task, split] = table, report
     for (task, split), table in tables.items():
@@ -375,6 +382,7 @@ def prepare(
     summary = {
         "source": source,
         "train_rows": dict(train_rows),
+        "dev_rows": dict(caps["dev"]),
         "seed": seed,
         "tasks": {
             task: {split: reports[task, split].to_dict() for split in SPLITS} for task in TASKS

@@ -1,17 +1,22 @@
 """Ensembling members' predictions, and the CS224N submission files.
 
-Per task, the members named in params `ensemble:` are averaged: SST class probabilities
-(argmax of the mean), QQP p(duplicate) (≥ 0.5 of the mean), STS predicted similarity (mean).
+Per task, every seed's run of each member named in params `ensemble:` is averaged: SST class
+probabilities (argmax of the mean), QQP p(duplicate) (≥ 0.5 of the mean), STS predicted
+similarity (mean). Every member has the same seeds, so this one mean over (member, seed) runs is
+the mean over members of each member's seed ensemble.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.evaluate import score_predictions
+from pipeline.seeds import aggregate, scalar_metrics, seed_dir
 
 # The CS224N starter code's output names and headers (its "Similiarity" spelling included).
 SUBMISSION = {
@@ -22,8 +27,8 @@ SUBMISSION = {
 
 
 def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Average members' prediction tables (rows matched by id) into one table of the same
-    schema."""
+    """Average runs' prediction tables, keyed by run name (rows matched by id), into one table
+    of the same schema."""
     names = list(frames)
     if not names:
         raise ValueError(f"ensemble.{task}: names no member")
@@ -78,9 +83,28 @@ def submission_name(task: str, split: str) -> str:
     return SUBMISSION[task][0].format(split=split)
 
 
-def read_member_predictions(models_dir: Path, member: str, task: str, split: str
-                            ) -> pd.DataFrame:
-    path = Path(models_dir) / member / "predictions" / f"{task}_{split}.parquet"
+def _member_file(models_dir: Path, member: str, seed: int, name: str) -> Path:
+    path = seed_dir(models_dir, member, seed) / name
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; train member {member!r} first (dvc repro)")
-    return pd.read_parquet(path)
+        raise FileNotFoundError(f"{path}: missing; train member {member!r} with seed {seed} "
+                                f"first (dvc repro train@{member}-{seed})")
+    return path
+
+
+def read_member_predictions(models_dir: Path, member: str, seed: int, task: str, split: str
+                            ) -> pd.DataFrame:
+    return pd.read_parquet(_member_file(models_dir, member, seed,
+                                        f"predictions/{task}_{split}.parquet"))
+
+
+def seed_report(models_dir: Path, members: list[str], seeds: list[int]
+                ) -> dict[str, dict[str, Any]]:
+    """Each member's dev metrics per seed and their mean, sd and n over the seeds:
+    ``{member: {"per_seed": {seed: metrics}, "aggregate": {metric: {mean, sd, n}}}}``."""
+    report = {}
+    for member in members:
+        per_seed = {seed: json.loads(_member_file(models_dir, member, seed, "metrics.json")
+                                     .read_text()) for seed in seeds}
+        report[member] = {"per_seed": {str(s): scalar_metrics(m) for s, m in per_seed.items()},
+                          "aggregate": aggregate(per_seed.values())}
+    return report

@@ -6,8 +6,16 @@
 - STS: mean squared error on the predicted similarity (0–5).
 - Contrastive loss on cosine distance d = 1 − cos(e1, e2) of separately encoded sentences
   (Hadsell, Chopra & LeCun 2006), in the two forms BEST-FiT uses:
-  categorical ½[y·d² + (1−y)·max(m − d, 0)²] with margin m for QQP, and continuous |y/20 − d²|
+  categorical ½[y·d² + (1−y)·max(m − d, 0)²] with margin m for QQP, and continuous |t(y) − d²|
   for STS (y in 0–5). All losses are means over the batch.
+
+STS's target t(y): BEST-FiT §4.3.1 prints t = y/20 (``paper``) and restates it as d = 0 at y = 0,
+d = 0.5 at y = 5, which pulls unrelated pairs together and pushes equivalent ones apart. Its own
+motivation (similar sentences, similar embeddings) and its stated aim of cosine 0.5 for unrelated
+pairs, matching QQP's m = 0.5, describe t = (5 − y)/20 (``similarity``, the default): d = 0.5 at
+y = 0, d = 0 at y = 5. With no code published, the printed formula and its restatement agree, so
+the paper's "Contrastive Learning" row (Table 4, on separately encoded baseBERT) is taken to
+have used ``paper``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pipeline.config import LossConfig
 
 
 def ordered_cross_entropy(logits: Tensor, labels: Tensor, weight: float) -> Tensor:
@@ -42,9 +52,17 @@ def categorical_contrastive(distance: Tensor, labels: Tensor, margin: float) -> 
     return 0.5 * (y * distance.pow(2) + (1 - y) * (margin - distance).clamp(min=0).pow(2)).mean()
 
 
-def continuous_contrastive(distance: Tensor, labels: Tensor) -> Tensor:
-    """mean |y/20 − d²| for similarities y in 0–5."""
-    return (labels.to(distance.dtype) / 20.0 - distance.pow(2)).abs().mean()
+def continuous_contrastive(distance: Tensor, labels: Tensor, target: str) -> Tensor:
+    """mean |t(y) − d²| for similarities y in 0–5: t = (5 − y)/20 (``similarity``) or y/20
+    (``paper``, BEST-FiT §4.3.1 as printed)."""
+    y = labels.to(distance.dtype)
+    if target == "similarity":
+        goal = (5.0 - y) / 20.0
+    elif target == "paper":
+        goal = y / 20.0
+    else:
+        raise ValueError(f"unknown STS contrastive target {target!r}; expected similarity or paper")
+    return (goal - distance.pow(2)).abs().mean()
 
 
 def task_loss(task: str, output: Tensor, labels: Tensor, ordered_ce_weight: float) -> Tensor:
@@ -58,9 +76,11 @@ def task_loss(task: str, output: Tensor, labels: Tensor, ordered_ce_weight: floa
     raise ValueError(f"unknown task {task!r}")
 
 
-def contrastive_loss(task: str, distance: Tensor, labels: Tensor, margin: float) -> Tensor:
+def contrastive_loss(task: str, distance: Tensor, labels: Tensor, margin: float,
+                     sts_target: str = LossConfig.sts_contrastive_target) -> Tensor:
+    """QQP's categorical loss with ``margin``, or STS's continuous one with ``sts_target``."""
     if task == "qqp":
         return categorical_contrastive(distance, labels, margin)
     if task == "sts":
-        return continuous_contrastive(distance, labels)
+        return continuous_contrastive(distance, labels, sts_target)
     raise ValueError(f"the contrastive loss applies to pair tasks, not {task!r}")

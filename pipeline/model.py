@@ -1,13 +1,16 @@
 """One shared BERT-family encoder, a pooler and one MLP head per task.
 
 Pairs are encoded either as one sequence, ``[CLS] a [SEP] b [SEP]`` (``concat``; BEST-FiT's
-"sentence concatenation", SC), or each sentence alone and combined as ``[u, v, |u−v|, u⊙v]``
-(``separate``; Reimers & Gurevych 2019, Sentence-BERT). Heads: SST 5 logits, QQP 1 logit,
-STS 1 value.
+"sentence concatenation", SC), or each sentence alone, pooled to u and v, and combined as the
+concatenation of ``pair_features`` drawn from u, v, diff = |u−v|, prod = u⊙v (``separate``).
+BEST-FiT's baseBERT concatenates the two embeddings, [u, v] (its Figure 1); the default
+[u, v, |u−v|, u⊙v] is Sentence-BERT's (Reimers & Gurevych 2019). Heads: SST 5 logits, QQP 1
+logit, STS 1 value, computed in fp32 even under bf16 autocast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +23,13 @@ from pipeline.config import HeadConfig, ModelConfig
 TASK_OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}
 PAIR_TASKS = ("qqp", "sts")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# The parts a separately encoded pair's feature may concatenate (``model.pair_features``).
+PAIR_FEATURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "u": lambda u, v: u,
+    "v": lambda u, v: v,
+    "diff": lambda u, v: (u - v).abs(),
+    "prod": lambda u, v: u * v,
+}
 
 # One encoded sequence: input_ids, attention_mask and (for BERT) token_type_ids.
 Encoding = dict[str, Tensor]
@@ -48,7 +58,9 @@ def drop_pooler(backbone: nn.Module) -> nn.Module:
 def load_backbone(name: str) -> nn.Module:
     path = resolve_backbone(name)
     try:
-        return drop_pooler(AutoModel.from_pretrained(path))
+        # fp32 master weights whatever the checkpoint's dtype (transformers 5 keeps an fp16
+        # checkpoint in fp16, which AdamW would then update in fp16); autocast does the rest.
+        return drop_pooler(AutoModel.from_pretrained(path, dtype=torch.float32))
     except OSError as exc:
         hint = "" if Path(path).exists() else (
             " (no hub access? point model.backbone at a local directory, or use `minilm`)"
@@ -108,8 +120,9 @@ class MultitaskModel(nn.Module):
 
     ``forward(task, inputs)`` takes one :data:`Encoding` per encoded sequence (one for SST and
     for concatenated pairs, two for separately encoded pairs) and returns SST logits (B, 5), or
-    one value per example (B,) for QQP (a logit) and STS (a similarity). ``inputs_embeds`` replaces
-    the word embeddings of each sequence: regularizers such as SMART perturb them.
+    one value per example (B,) for QQP (a logit) and STS (a similarity), always float32.
+    ``inputs_embeds`` replaces the word embeddings of each sequence: regularizers such as SMART
+    perturb them.
     """
 
     def __init__(self, cfg: ModelConfig, tasks: list[str], backbone: nn.Module | None = None):
@@ -120,7 +133,7 @@ class MultitaskModel(nn.Module):
             cfg.backbone)
         dim = self.backbone.config.hidden_size
         self.attention_pool = AttentionPooling(dim) if cfg.pooling == "attention" else None
-        combined = 4 * dim if cfg.pair_encoding == "separate" else dim
+        combined = len(cfg.pair_features) * dim if cfg.pair_encoding == "separate" else dim
         self.heads = nn.ModuleDict(
             {
                 task: mlp_head(combined if task in PAIR_TASKS else dim, TASK_OUTPUTS[task],
@@ -151,11 +164,15 @@ class MultitaskModel(nn.Module):
         if len(vectors) == 1:
             return vectors[0]
         u, v = vectors
-        return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        return torch.cat([PAIR_FEATURES[part](u, v) for part in self.cfg.pair_features], dim=-1)
 
     def forward(self, task: str, inputs: list[Encoding],
                 inputs_embeds: list[Tensor] | None = None) -> Tensor:
-        out = self.heads[task](self.features(task, inputs, inputs_embeds))
+        features = self.features(task, inputs, inputs_embeds)
+        # The head runs in fp32 whatever the autocast: in bf16 (8 significant bits) an STS
+        # prediction near 4 would move in steps of 1/32, and so would every logit.
+        with torch.autocast(features.device.type, enabled=False):
+            out = self.heads[task](features.float())
         return out if task == "sst" else out.squeeze(-1)
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -19,10 +19,12 @@ g_i^PC · g_j = G_ij − Σ_k c_ik G_kj and ‖g_i^PC‖² is a quadratic form i
 Extra memory: K flat buffers over the shared parameters, nothing else of that size. The K×K
 scalar work runs on the host in float64 (one device synchronisation per step).
 
-Statistics per epoch, for DVCLive (the paper's Figure 4): for every ordered pair i→j, how many
-times g_i was projected onto g_j's normal plane (``pcgrad/projections/<i>_to_<j>``; ``->`` would
-not survive as a DVCLive file name on every OS), the mean % change of ‖g_i^PC‖ that projection
-caused (``pcgrad/norm_change_pct/<i>_to_<j>``, always ≤ 0), and ``pcgrad/steps``.
+Statistics (the paper's Figure 4): for every ordered pair i→j, whether g_i was projected onto
+g_j's normal plane (``projections/<i>_to_<j>``; ``->`` would not survive as a DVCLive file name
+on every OS) and the % change of ‖g_i^PC‖ that projection caused (``norm_change_pct/<i>_to_<j>``,
+always ≤ 0). ``step_table`` lists them per step, ``epoch_stats`` sums the counts and averages the
+changes over the epoch (prefixed ``pcgrad/``, with ``pcgrad/steps``). Both come from the host-side
+Gram matrix work, so recording them adds no device synchronisation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -78,10 +81,9 @@ class PCGrad:
         self._reset_stats()
 
     def _reset_stats(self) -> None:
-        k = len(self.tasks)
-        self._steps = 0
-        self._count = np.zeros((k, k), dtype=np.int64)
-        self._change = np.zeros((k, k))
+        # Per step since the last epoch_stats: K×K projections i→j (0 or 1), and their % change.
+        self._counts: list[np.ndarray] = []
+        self._changes: list[np.ndarray] = []
 
     def _buffer(self, task: str) -> Tensor:
         if task not in self._buffers:
@@ -141,10 +143,12 @@ class PCGrad:
                 p.grad = grad.view_as(p).to(p.dtype)
             offset += size
         index = [self.tasks.index(t) for t in names]
+        count, changes = np.zeros((len(self.tasks),) * 2), np.zeros((len(self.tasks),) * 2)
         for i, j, change in events:
-            self._count[index[i], index[j]] += 1
-            self._change[index[i], index[j]] += change
-        self._steps += 1
+            count[index[i], index[j]] += 1
+            changes[index[i], index[j]] += change
+        self._counts.append(count)
+        self._changes.append(changes)
         self._step_tasks = []
         self._touched = [False] * len(self.shared)
 
@@ -152,28 +156,39 @@ class PCGrad:
         """Memory held by the per-task gradient buffers (allocated on a task's first loss)."""
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
+    def _pairs(self) -> list[tuple[int, int, str]]:
+        return [(a, b, f"{i}_to_{j}") for a, i in enumerate(self.tasks)
+                for b, j in enumerate(self.tasks) if a != b]
+
+    def step_table(self) -> pd.DataFrame:
+        """One row per step since the last ``epoch_stats`` (``step`` from 1): per ordered pair,
+        ``projections/<i>_to_<j>`` (0 or 1) and ``norm_change_pct/<i>_to_<j>`` (0 if none)."""
+        table = {"step": np.arange(1, len(self._counts) + 1)}
+        for a, b, pair in self._pairs():
+            table[f"projections/{pair}"] = [int(c[a, b]) for c in self._counts]
+            table[f"norm_change_pct/{pair}"] = [c[a, b] for c in self._changes]
+        return pd.DataFrame(table)
+
     def epoch_stats(self) -> dict[str, float]:
         """Projection counts and mean % norm change per ordered task pair since the last call
         (0 where no projection happened), and the number of steps; then reset."""
-        stats: dict[str, float] = {"pcgrad/steps": float(self._steps)}
-        for a, i in enumerate(self.tasks):
-            for b, j in enumerate(self.tasks):
-                if a == b:
-                    continue
-                count = int(self._count[a, b])
-                stats[f"pcgrad/projections/{i}_to_{j}"] = float(count)
-                stats[f"pcgrad/norm_change_pct/{i}_to_{j}"] = (
-                    float(self._change[a, b] / count) if count else 0.0)
+        k = len(self.tasks)
+        count, change = sum(self._counts, np.zeros((k, k))), sum(self._changes, np.zeros((k, k)))
+        stats: dict[str, float] = {"pcgrad/steps": float(len(self._counts))}
+        for a, b, pair in self._pairs():
+            stats[f"pcgrad/projections/{pair}"] = float(count[a, b])
+            stats[f"pcgrad/norm_change_pct/{pair}"] = (
+                float(change[a, b] / count[a, b]) if count[a, b] else 0.0)
         self._reset_stats()
         return stats
 
     def state_dict(self) -> dict:
-        """The generator's state and the running epoch statistics, for resumable runs."""
-        return {"generator": self.generator.get_state(), "steps": self._steps,
-                "count": self._count.tolist(), "change": self._change.tolist()}
+        """The generator's state and the running per-step statistics, for resumable runs."""
+        return {"generator": self.generator.get_state(),
+                "counts": [c.tolist() for c in self._counts],
+                "changes": [c.tolist() for c in self._changes]}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())  # a checkpoint may map it to cuda
-        self._steps = state["steps"]
-        self._count = np.array(state["count"], dtype=np.int64)
-        self._change = np.array(state["change"], dtype=np.float64)
+        self._counts = [np.array(c) for c in state["counts"]]
+        self._changes = [np.array(c) for c in state["changes"]]

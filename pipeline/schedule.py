@@ -9,8 +9,10 @@ N_i being the number of batches in task i's training data.
 - ``annealed`` (Stickland & Murray 2019, "BERT and PALs"): every step draws task i with
   p_i ∝ N_i^α, α = 1 − 0.8·(e − 1)/(E − 1) for epoch e of E, so sampling starts proportional
   to dataset size and ends close to uniform.
-- ``custom`` (BEST-FiT): for the first ``custom.epochs`` epochs only ``custom.task`` is trained,
-  on a seeded ``custom.fraction`` of its data; then round-robin.
+- ``custom`` (BEST-FiT §4.4): for the first ``custom.epochs`` epochs only ``custom.task`` is
+  trained, each epoch one full pass over a seeded ``custom.fraction`` of its data whatever
+  ``batches_per_epoch`` says (the phase is meant to cover that fraction, at the cost of a longer
+  run); then round-robin.
 """
 
 from __future__ import annotations
@@ -62,8 +64,7 @@ def epoch_tasks(cfg: TrainConfig, batches_per_task: dict[str, int], epoch: int,
     steps = cfg.batches_per_epoch
     if cfg.schedule == "custom":
         if epoch <= cfg.custom.epochs:
-            task = cfg.custom.task
-            return [task] * (steps if steps is not None else batches_per_task[task])
+            return [cfg.custom.task] * batches_per_task[cfg.custom.task]
         return _round_robin(batches_per_task, steps)
     if cfg.schedule == "round_robin":
         return _round_robin(batches_per_task, steps)

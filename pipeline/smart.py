@@ -1,55 +1,50 @@
 """SMART: smoothness-inducing adversarial regularization (Jiang et al. 2020, ACL, "SMART: Robust
 and Efficient Fine-Tuning for Pre-trained Natural Language Models").
 
-    R_s(θ) = 1/B · Σ_i max_{‖x̃_i − x_i‖_p ≤ ε} ℓ_s(f(x̃_i; θ), f(x_i; θ)),
+    R_s(θ) = 1/B · Σ_i max_{x̃_i} ℓ_s(f(x̃_i; θ), f(x_i; θ)),
 
 added to a task's loss as λ_s·R_s. x is the backbone's word-embedding output (one tensor per
-encoded sequence; example i's input is its rows of all of them, padding excluded). The inner max
-follows the paper's Algorithm 1: x̃ = x + δ, δ starts as ν ~ N(0, σ²I) (σ² = ``noise_var``) and
-takes T (``steps``) steps of normalised gradient ascent of size η (``step_size``), each projected
-back onto the ε-ball, per example:
+encoded sequence; example i's input is its rows of all of them); padding is never perturbed.
+x̃ = x + δ: δ starts as noise ν and takes T (``steps``) ascent steps of size η (``step_size``) on
+g = ∇_δ ℓ_s(f(x + δ), f(x)). ``perturbation`` picks how:
 
-    g = ∇_δ ℓ_s(f(x + δ), f(x)),   δ ← Π_ε(δ + η · g / ‖g‖_p)
+- ``normalize`` (default): archinetai/smart-pytorch, the code the BEST-FiT paper ran (as MT-DNN's
+  ``perturbation.py``, where the defaults come from). ν = σ²·z, z ~ N(0, I) (σ² = ``noise_var``
+  taken as the standard deviation, as there), then per token t
 
-p = ∞: g/‖g‖_∞ (a sign-like step), Π_ε clamps every coordinate to [−ε, ε].
-p = 2: g/‖g‖_2, Π_ε rescales δ_i onto the sphere of radius ε when ‖δ_i‖_2 > ε.
+      s_t = δ_t + η·g_t,   δ_t ← s_t / (‖s_t‖_p + ε),
+
+  so ε only guards the division and every token's δ_t has p-norm ≈ 1. f(x) is the task loss's
+  own output (``output``: dropout on, no extra pass, as in that code); the passes through x̃ run
+  with dropout off, as the paper states.
+- ``project``: Jiang et al.'s Algorithm 1. ν ~ N(0, σ²I), then per example
+  δ ← Π_ε(δ + η·g/‖g‖_p), Π_ε onto the ε-ball (p = ∞ clamps every coordinate to [−ε, ε]; p = 2
+  rescales δ_i to radius ε when outside). f(x) is its own dropout-off pass, so R_s measures
+  smoothness, not dropout noise.
+
+λ across modes: under ``project`` ℓ_s and its gradient vanish at δ = 0, so R_s ≈ ½·δᵀHδ = O(ε²),
+at ε = 1e-6 ~1e-12 of the curvature H: below the rounding of the task loss, λ is inert. Under
+``normalize`` δ is O(1) per coordinate, larger than the word embeddings themselves (BERT's are
+~0.05), so R_s no longer scales with ε: it is bounded by how far f moves between very different
+inputs (plus its target's dropout noise), the task loss's own scale, and λ of a few units (the
+paper's 0.5–10) trades it against the task loss directly. The quadratic estimate equates λ under
+``normalize`` with λ/ε² (1e12·λ) under ``project``, an upper bound since ℓ_s saturates at O(1)
+perturbations; ``project`` reaches a comparable radius at ε = η ≈ 1, with a similar λ. There δ
+follows g; under ``normalize`` at the defaults η·g is small beside ν (g is the gradient of a
+batch-mean ℓ_s near its minimum), so δ is mostly normalised noise: random, hardly adversarial.
 
 ℓ_s: SST the symmetric KL of the two softmax distributions, Σ_c (p_c − q_c)(log p_c − log q_c);
 QQP the same for Bernoulli(σ(z)), which reduces to (σ(a) − σ(b))(a − b); STS the squared
-difference. Per example, then a mean over the batch, so R_s does not depend on batch size.
-ℓ_s is computed in fp32 under bf16 autocast.
+difference. Per example, then a mean over the batch (``batchmean``, as smart-pytorch's usage
+example; its ``sym_kl_loss`` sums, B times this), so R_s does not depend on batch size. Both KL
+terms carry gradient (``sym_kl_loss`` stops it through each term's target). fp32 under autocast.
 
-Dropout is off for every forward pass of R_s, the clean f(x) included (the task loss keeps it):
-the model is put in eval mode and each submodule's own ``training`` flag is restored afterwards.
-Comparing a dropout-free f(x̃) with the task loss's dropout f(x) would make R_s measure the
-dropout noise, not the smoothness around x.
-
-What is differentiated:
-- the ascent differentiates only δ (``torch.autograd.grad``; x and f(x) detached), so it adds
-  nothing to parameter grads and keeps no graph;
-- the returned R_s uses x̃ = x + sg(δ): δ* is a constant (Danskin's theorem), and the gradient
-  reaches θ through both f(x̃) and f(x) — and the word embeddings through x — the exact
-  gradient of R_s(θ), which depends on θ through both arguments in the paper's objective.
-  ``clean_grad: false`` makes f(x) a constant target instead (run under ``no_grad``), as in
-  virtual adversarial training (Miyato et al. 2018): the gradient is then ∇_θ ℓ_s(f(x̃), sg f(x)),
-  which also carries a first-order term in δ that the exact gradient cancels, and the step skips
-  the backward pass through f(x).
-
-Cost, in passes of one batch (F forward, B backward with parameter grads ≈ 2.5F on CPU, B_x
-backward to the input only ≈ 1.2F): the task loss F + B; R_s adds the clean f(x) F, the ascent
-F + B_x per step, and f(x̃) F + B, plus B again through f(x) when ``clean_grad`` — measured
-(``bench/bench_smart_pcgrad.py``, MiniLM, fp32) 3.1–3.6× a plain step with it and 2.7× without
-on CPU, 3.6× and 3.0× on an H100, where batch-16 steps are bound by kernel launches.
-
-Where this differs from MT-DNN's code (namisan/mt-dnn, ``mt_dnn/perturbation.py``), the origin of
-the defaults ε = 1e-6, η = 1e-3, σ² = 1e-5: it never projects onto an ε-ball — ε there only
-guards the division of (ν + η·g) by its per-token ∞-norm, so its perturbation has ∞-norm 1 per
-token (η in an older version); it draws ν with standard deviation ``noise_var``; it runs f(x) and
-f(x̃) with dropout on; its symmetric KL stops the gradient through each term's target
-distribution. Here ε is the radius, as in the paper. Measured on MiniLM
-(``bench/bench_smart_pcgrad.py``): at ε = 1e-6, R_s is ~1e-12 in fp32 and bf16 rounding noise
-(~1e-7) under autocast, at ε = 1e-3 ~1e-6, against task losses ~1 and a dropout disagreement
-ℓ_s(f_train(x), f_eval(x)) ~1e-2; MT-DNN's radius corresponds to ε = η = 1 here.
+What is differentiated: the ascent only δ (``torch.autograd.grad``; x and f(x) detached), so it
+adds nothing to parameter grads. The returned R_s uses x̃ = x + sg(δ) (δ* a constant, Danskin's
+theorem): its gradient reaches θ through f(x̃) and f(x), and the word embeddings through x.
+``clean_grad: false`` makes f(x) a constant target, as in virtual adversarial training (Miyato et
+al. 2018): under ``project`` that skips the backward pass through f(x); under ``normalize`` f(x)
+is the task loss's pass, whose backward runs anyway.
 """
 
 from __future__ import annotations
@@ -112,6 +107,11 @@ def _example_norms(tensors: list[Tensor], norm: str) -> Tensor:
     return torch.stack([t.pow(2).sum(1) for t in flat]).sum(0).sqrt()
 
 
+def _token_norms(t: Tensor, norm: str) -> Tensor:
+    """Per-token norm over the last (embedding) dimension, kept for broadcasting."""
+    return t.abs().amax(-1, keepdim=True) if norm == "inf" else t.norm(dim=-1, keepdim=True)
+
+
 def _per_example(scale: Tensor, like: Tensor) -> Tensor:
     return scale.view(-1, *([1] * (like.dim() - 1)))
 
@@ -120,29 +120,52 @@ def _add(xs: list[Tensor], ys: list[Tensor]) -> list[Tensor]:
     return [x + y for x, y in zip(xs, ys, strict=True)]
 
 
-def _project(deltas: list[Tensor], epsilon: float, norm: str) -> list[Tensor]:
-    if norm == "inf":
-        return [d.clamp(-epsilon, epsilon) for d in deltas]
-    shrink = (epsilon / _example_norms(deltas, "l2").clamp_min(1e-30)).clamp(max=1.0)
+def _normalized_step(deltas: list[Tensor], grads: list[Tensor], cfg: SmartConfig) -> list[Tensor]:
+    """smart-pytorch: s = δ + η·g, δ ← s / (‖s‖ + ε) per token (0 where s is, i.e. padding)."""
+    steps = [d + cfg.step_size * g for d, g in zip(deltas, grads, strict=True)]
+    return [s / (_token_norms(s, cfg.norm) + cfg.epsilon) for s in steps]
+
+
+def _projected_step(deltas: list[Tensor], grads: list[Tensor], cfg: SmartConfig) -> list[Tensor]:
+    """Jiang et al.: δ ← Π_ε(δ + η·g/‖g‖) per example."""
+    scale = cfg.step_size / _example_norms(grads, cfg.norm).clamp_min(1e-30)
+    deltas = _add(deltas, [_per_example(scale, g) * g for g in grads])
+    if cfg.norm == "inf":
+        return [d.clamp(-cfg.epsilon, cfg.epsilon) for d in deltas]
+    shrink = (cfg.epsilon / _example_norms(deltas, "l2").clamp_min(1e-30)).clamp(max=1.0)
     return [d * _per_example(shrink, d) for d in deltas]
+
+
+ASCENT_STEPS = {"normalize": _normalized_step, "project": _projected_step}
 
 
 def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Tensor],
                       masks: list[Tensor], task: str, cfg: SmartConfig, model: nn.Module,
-                      generator: torch.Generator | None = None) -> Tensor:
+                      generator: torch.Generator | None = None,
+                      output: Tensor | None = None) -> Tensor:
     """R_s of one task's batch (a scalar, not multiplied by λ).
 
     ``forward(embeds)`` returns f for the given word embeddings (SST logits (B, 5), QQP logit
     (B,), STS value (B,)); ``embeds`` are the clean embeddings x, one (B, T_k, D) tensor per
     encoded sequence, attached to the graph when the embedding matrix should be regularised;
-    ``masks`` the matching (B, T_k) attention masks: padding is never perturbed, so norms ignore
-    it. ``model`` is the module ``forward`` runs (put in eval mode meanwhile). The noise ν is
-    √σ²·randn per embedding tensor, in order, from ``generator`` (torch's global RNG when None).
+    ``masks`` the matching (B, T_k) attention masks. ``model`` is the module ``forward`` runs
+    (put in eval mode meanwhile). ``output`` is f(x) from the task loss's own forward pass:
+    ``normalize`` needs it as its clean target, ``project`` runs its own dropout-off f(x)
+    instead. The noise ν is std·randn per embedding tensor, in order, from ``generator``
+    (torch's global RNG when None), std = σ² (``normalize``) or √σ² (``project``).
     """
+    normalize = cfg.perturbation == "normalize"
+    if normalize and output is None:
+        raise ValueError("SMART perturbation 'normalize' compares against the task loss's own "
+                         "output f(x): pass it as `output`")
     keep = [m.unsqueeze(-1).to(e.dtype) for e, m in zip(embeds, masks, strict=True)]
     fixed = [e.detach() for e in embeds]
+    ascent_step = ASCENT_STEPS[cfg.perturbation]
+    std = cfg.noise_var if normalize else cfg.noise_var ** 0.5
     with eval_mode(model):
-        if cfg.clean_grad:
+        if normalize:
+            clean = output if cfg.clean_grad else output.detach()
+        elif cfg.clean_grad:
             clean = forward(embeds)
         else:
             with torch.no_grad():
@@ -150,19 +173,17 @@ def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Te
         deltas = [
             torch.randn(e.shape, generator=generator, dtype=e.dtype,
                         device=generator.device if generator is not None else e.device
-                        ).to(e.device) * (cfg.noise_var ** 0.5) * k
+                        ).to(e.device) * std * k
             for e, k in zip(embeds, keep, strict=True)
         ]
         for _ in range(cfg.steps):
             deltas = [d.requires_grad_() for d in deltas]
             ascent = smoothness_loss(task, forward(_add(fixed, deltas)), clean.detach())
-            # A constant f gives no gradient; δ then stays where it is.
+            # A constant f gives no gradient; δ then moves by its own rescaling only.
             grads = (torch.autograd.grad(ascent, deltas, allow_unused=True,
                                          materialize_grads=True)
                      if ascent.requires_grad else [torch.zeros_like(d) for d in deltas])
-            grads = [g * k for g, k in zip(grads, keep, strict=True)]
-            scale = cfg.step_size / _example_norms(grads, cfg.norm).clamp_min(1e-30)
-            steps = [_per_example(scale, g) * g for g in grads]
-            deltas = _project(_add([d.detach() for d in deltas], steps), cfg.epsilon, cfg.norm)
+            deltas = ascent_step([d.detach() for d in deltas],
+                                 [g * k for g, k in zip(grads, keep, strict=True)], cfg)
         perturbed = forward(_add(embeds, deltas))
     return smoothness_loss(task, perturbed, clean)

@@ -29,8 +29,15 @@ from transformers import AutoTokenizer
 from pipeline.batching import Batch, TokenizedTask, collate, epoch_batches, tokenize_task
 from pipeline.config import MemberConfig
 from pipeline.data import SPLITS, load_prepared
-from pipeline.evaluate import autocast, predict, score_predictions
-from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.evaluate import (
+    METRIC_NAMES,
+    autocast,
+    outputs_to_frame,
+    predict,
+    score_predictions,
+    task_metric,
+)
+from pipeline.io import atomic_path, write_json, write_parquet, write_text
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import (
     PAIR_TASKS,
@@ -46,6 +53,7 @@ MEMBER_CONFIG_FILE = "bestfit.json"
 HEADS_FILE = "heads.safetensors"
 CHECKPOINT_FILE = "last.pt"
 BEST_DIR = "best"
+PCGRAD_STEPS_FILE = "pcgrad_steps.tsv"  # in the DVCLive dir, for the paper's Figure 4
 PROGRESS_SECONDS = 30
 
 
@@ -95,9 +103,11 @@ def tokenize_member_data(frames: dict[str, dict[str, pd.DataFrame]], member: Mem
     })
 
 
-def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig) -> torch.Tensor:
+def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """One task's training loss on one batch: the supervised loss, plus the contrastive term
-    (pair tasks, when weighted) and λ·R_s of SMART (when λ > 0), times the task weight."""
+    (pair tasks, when weighted) and λ·R_s of SMART (when λ > 0), times the task weight.
+    Also returns the task head's output, from which the trainer scores the training batches."""
     task = batch.task
     smart_lambda = member.smart.lambda_for(task)
     embeds = model.input_embeddings(batch.inputs) if smart_lambda > 0 else None
@@ -106,13 +116,15 @@ def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig) ->
     if member.loss.contrastive_weight > 0 and task in PAIR_TASKS:
         u, v = (model.embed(enc) for enc in batch.singles)
         loss = loss + member.loss.contrastive_weight * contrastive_loss(
-            task, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin)
+            task, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
+            member.loss.sts_contrastive_target)
     if smart_lambda > 0:
         regularizer = smart_regularizer(
             lambda perturbed: model(task, batch.inputs, inputs_embeds=perturbed),
-            embeds, [enc["attention_mask"] for enc in batch.inputs], task, member.smart, model)
+            embeds, [enc["attention_mask"] for enc in batch.inputs], task, member.smart, model,
+            output=output)
         loss = loss + smart_lambda * regularizer
-    return member.loss.task_weights.get(task, 1.0) * loss
+    return member.loss.task_weights.get(task, 1.0) * loss, output
 
 
 def build_optimizer(model: MultitaskModel, member: MemberConfig) -> torch.optim.AdamW:
@@ -201,6 +213,8 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    # PCGrad's per-step table (PCGrad.step_table) of the first epoch that mixes tasks.
+    pcgrad_steps: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Trainer:
@@ -270,13 +284,15 @@ class Trainer:
                 (self.cfg.seed, epoch, k), self.cfg.length_grouping)
         return iterators
 
-    def _step(self, step_tasks: list[str], iterators: dict, loss_sums: dict) -> None:
+    def _step(self, step_tasks: list[str], iterators: dict, loss_sums: dict,
+              outputs: dict[str, list]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         for task in step_tasks:
             index = next(iterators[task])
             batch = collate(self.train_sets[task], index, self.pad_id).to(self.device)
             with autocast(self.device, self.cfg.precision):
-                loss = task_step_loss(self.model, batch, self.member)
+                loss, output = task_step_loss(self.model, batch, self.member)
+            outputs[task].append((output.detach().float(), index))
             if self.pcgrad:
                 self.pcgrad.accumulate(task, loss)
             else:
@@ -298,13 +314,28 @@ class Trainer:
         iterators = self._batches(epoch)
         zero = torch.zeros((), device=self.device)
         loss_sums = {task: [zero.clone(), 0] for task in self.train_sets}
+        outputs = {task: [] for task in self.train_sets}
         steps = self.plan.tasks[epoch - 1]
         for step in tqdm(steps, desc=f"{self.member.name} epoch {epoch}/{self.cfg.epochs}",
                          unit="step", mininterval=PROGRESS_SECONDS):
-            self._step(step.split(","), iterators, loss_sums)
-        # The epoch's only host synchronisation (bar PCGrad's 3×3 Gram matrix per step).
-        return {f"train_loss/{task}": float(total) / count
-                for task, (total, count) in loss_sums.items() if count}
+            self._step(step.split(","), iterators, loss_sums, outputs)
+        # The epoch's only host synchronisations (bar PCGrad's 3×3 Gram matrix per step).
+        return {**{f"train_loss/{task}": float(total) / count
+                   for task, (total, count) in loss_sums.items() if count},
+                **self._train_metrics(outputs)}
+
+    def _train_metrics(self, outputs: dict[str, list]) -> dict[str, float]:
+        """The dev metrics' formulas (``train/sst_acc`` …) on the epoch's own training outputs,
+        read back once. The model changes as it goes, so these are running scores (the training
+        side of the paper's Figure 3, train vs dev accuracy), at no extra forward pass."""
+        metrics = {}
+        for task, batches in outputs.items():
+            if batches:
+                raw = torch.cat([out for out, _ in batches]).cpu().numpy()
+                labels = self.train_sets[task].labels[np.concatenate([i for _, i in batches])]
+                pred = outputs_to_frame(task, range(len(raw)), raw)["pred"].to_numpy()
+                metrics[f"train/{METRIC_NAMES[task]}"] = task_metric(task, pred, labels)
+        return metrics
 
     def evaluate(self, split: str) -> tuple[dict[str, pd.DataFrame], dict[str, float] | None]:
         sets = self.data.split(split)
@@ -329,6 +360,10 @@ class Trainer:
             record = {"epoch": epoch, **losses, **{f"dev/{k}": v for k, v in metrics.items()},
                       "lr": self.scheduler.get_last_lr()[0], "seconds": result.train_seconds}
             if self.pcgrad:
+                if not result.pcgrad_steps and "," in self.plan.tasks[epoch - 1][0]:
+                    steps = self.pcgrad.step_table()
+                    steps.insert(0, "epoch", epoch)
+                    result.pcgrad_steps = steps.to_dict("list")
                 record.update(self.pcgrad.epoch_stats())
             result.history.append(record)
             self._log(record)
@@ -338,6 +373,9 @@ class Trainer:
                 result.best_metrics, result.best_epoch = metrics, epoch
                 self._save_best(dev_predictions)
             self._save_checkpoint(epoch, result)
+        if self.live is not None and result.pcgrad_steps:
+            write_text(pd.DataFrame(result.pcgrad_steps).to_csv(sep="\t", index=False),
+                       Path(self.live.dir) / PCGRAD_STEPS_FILE)
         return result
 
     def _save_best(self, dev_predictions: dict[str, pd.DataFrame]) -> None:

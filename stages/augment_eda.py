@@ -1,7 +1,7 @@
 """DVC stage `augment_eda`: the prepared SST train set -> EDA-augmented rows (Wei & Zou 2019).
 
-    python stages/augment_eda.py [--params params.yaml] [--prepared data/prepared]
-                                 [--out data/augmented]
+    python stages/augment_eda.py --prepared data/prepared --out data/augmented
+                                 [--params params.yaml]
 
 Writes `eda.parquet` (SST columns + source, source_id, method, score) and `eda_report.json`
 (rows made per operation, slots left empty, word types looked up) to `--out`. Needs WordNet:
@@ -21,12 +21,16 @@ from pipeline.data import DataError, load_prepared
 from pipeline.io import write_json, write_parquet
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--out", type=Path, default=Path("data/augmented"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     cfg = load_params(args.params).augment.eda
     try:
         sst = load_prepared(args.prepared, "sst", "train")

@@ -1,9 +1,13 @@
-"""DVC stage `ensemble`: average the members named in params `ensemble:` per task.
+"""DVC stage `ensemble`: average every seed of the members named in params `ensemble:` per task.
 
-    python stages/ensemble.py [--params params.yaml]
+    python stages/ensemble.py --prepared data/prepared --models models --metrics metrics.json
+        --predictions predictions --submission submission --plots plots [--params params.yaml]
 
-Writes metrics.json (dev), plots/sst_confusion.csv, plots/sts_scatter.csv, predictions/ (the
-ensembled dev/test tables) and submission/ (CS224N format).
+Reads `--models`/<member>/seed_<seed>/{predictions/, metrics.json} for every seed of params
+`seeds`. Writes `--metrics` (the ensemble's dev scores, the members per task, and under `seeds`
+each member's per-seed scores with their mean, sd and n), `--plots`/sst_confusion.csv and
+sts_scatter.csv, `--predictions` (the ensembled dev/test tables) and `--submission` (CS224N
+format).
 """
 
 from __future__ import annotations
@@ -20,39 +24,47 @@ from pipeline.ensemble import (
     ensemble_metrics,
     labels_for,
     read_member_predictions,
+    seed_report,
     submission_name,
     submission_text,
 )
 from pipeline.io import atomic_path, write_json, write_parquet
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("--prepared", "--models", "--metrics", "--predictions", "--submission",
+                 "--plots"):
+        parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", default="data/prepared", type=Path)
-    parser.add_argument("--models", default="models", type=Path)
-    args = parser.parse_args()
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     params = load_params(args.params)
     preds = {split: {task: average_predictions(task, {
-        member: read_member_predictions(args.models, member, task, split) for member in members})
+        f"{member}/seed_{seed}": read_member_predictions(args.models, member, seed, task, split)
+        for member in members for seed in params.seeds})
         for task, members in params.ensemble.items()} for split in ("dev", "test")}
     dev = {task: load_prepared(args.prepared, task, "dev") for task in params.ensemble}
     metrics = ensemble_metrics(preds["dev"], dev)
     metrics["members"] = {task: members for task, members in params.ensemble.items()}
-    write_json(metrics, "metrics.json")
+    members = list(dict.fromkeys(m for names in params.ensemble.values() for m in names))
+    metrics["seeds"] = seed_report(args.models, members, params.seeds)
+    write_json(metrics, args.metrics)
 
-    with atomic_path("predictions") as tmp:
+    with atomic_path(args.predictions) as tmp:
         tmp.mkdir()
         for split, tables in preds.items():
             for task, frame in tables.items():
                 write_parquet(frame, tmp / f"{task}_{split}.parquet")
-    with atomic_path("submission") as tmp:
+    with atomic_path(args.submission) as tmp:
         tmp.mkdir()
         for split, tables in preds.items():
             for task, frame in tables.items():
                 (tmp / submission_name(task, split)).write_text(submission_text(task, frame))
-    with atomic_path("plots") as tmp:
+    with atomic_path(args.plots) as tmp:
         tmp.mkdir()
         # DVC plots: (label, prediction) per dev row — SST confusion matrix, STS scatter.
         plots = {"sst": ("sst_confusion.csv", "actual", "predicted"),

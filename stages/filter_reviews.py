@@ -1,15 +1,17 @@
 """DVC stage `filter_reviews`: Amazon reviews -> extra SST rows picked by MiniLM centroid
 similarity, with SST's length and label distribution.
 
-    python stages/filter_reviews.py [--params params.yaml] [--prepared data/prepared]
-                                    [--out data/augmented] [--source PATH] [--no-progress]
+    python stages/filter_reviews.py --source PATH --prepared data/prepared --out data/augmented
+                                    [--params params.yaml] [--no-progress]
 
-Reads the review file or directory `augment.reviews.source` (or `--source`), writes to `--out`:
-`amazon.parquet` (SST columns + source, source_id, method, score = cosine similarity, asin,
-reviewer, file, line, star_label), `reviews_report.json` (lines read, malformed lines with
-their numbers, candidates, quotas and kept counts per label and length bin) and
-`review_map.csv` (x, y, group, label: PCA of SST train and kept-review embeddings). Embeddings
-are cached under `augment.reviews.cache_dir`/<encoder>.
+Reads the review file or directory `--source` (dvc.yaml passes `augment.reviews.source`), writes
+to `--out`:
+`amazon.parquet` (SST columns + source, source_id, method = `augment.reviews.selection`,
+score = cosine similarity (null for `selection: random`), asin, reviewer, file, line,
+star_label), `reviews_report.json` (the selection, lines read, malformed lines with their
+numbers, candidates, quotas and kept counts per label and length bin) and `review_map.csv` (x, y,
+group, label: PCA of SST train and kept-review embeddings; no rows for `selection: random`).
+Embeddings are cached under `augment.reviews.cache_dir`/<encoder>.
 """
 
 from __future__ import annotations
@@ -32,24 +34,31 @@ from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.model import resolve_backbone
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True,
+                        help="a .jsonl[.gz] review file or a directory of them")
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--out", type=Path, default=Path("data/augmented"))
-    parser.add_argument("--source", default=None, help="overrides augment.reviews.source")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     cfg = load_params(args.params).augment.reviews
     try:
         sst = load_prepared(args.prepared, "sst", "train")
-        paths = review_files(args.source or cfg.source)
+        paths = review_files(args.source)
     except (DataError, ReviewsError) as exc:
         raise SystemExit(f"filter_reviews: {exc}") from exc
 
     started = time.perf_counter()
-    encode = sentence_encoder(resolve_backbone(cfg.encoder), cfg.device, cfg.batch_size,
-                              progress=not args.no_progress)
+    # `selection: random` embeds nothing: no encoder is loaded.
+    encode = (sentence_encoder(resolve_backbone(cfg.encoder), cfg.device, cfg.batch_size,
+                               progress=not args.no_progress)
+              if cfg.selection == "centroid" else None)
     cache = cache_dir_for(cfg.cache_dir, cfg.encoder) if cfg.cache_dir is not None else None
     try:
         mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)

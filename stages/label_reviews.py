@@ -1,16 +1,16 @@
 """DVC stage `label_reviews`: relabel the mined reviews few-shot with an LLM (BEST-FiT: Llama-3-8B).
 
-    python stages/label_reviews.py [--params params.yaml]
-        [--reviews data/augmented/amazon.parquet] [--sst-train data/prepared/sst_train.parquet]
-        [--out data/augmented/reviews_labeled.parquet] [--report data/augmented/label_report.json]
-        [--confusion data/augmented/label_confusion.csv]
+    python stages/label_reviews.py --reviews data/augmented/amazon.parquet
+        --sst-train data/prepared/sst_train.parquet --out data/augmented/reviews_labeled.parquet
+        --report data/augmented/label_report.json --confusion data/augmented/label_confusion.csv
+        [--params params.yaml]
 
-Reads `augment.llm`. Writes the kept reviews as extra SST training rows (source `llm`), a report
-(counts, agreement with the star-derived labels) and one `actual,predicted` row per labeled
-review for DVC's confusion plot. Labels are appended to `<augment.llm.cache_dir>/labels.jsonl`
-as they are produced, so a killed run resumes where it stopped. With `augment.llm.enabled:
-false` the table is empty (right schema) and the report says so: the DAG still runs without a
-GPU.
+Reads `augment.llm`; labels a seeded sample of `max_reviews` reviews (the paper: 5,000). Writes
+the kept reviews as extra SST training rows (source `llm`), a report (counts, agreement with the
+star-derived labels) and one `actual,predicted` row per labeled review for DVC's confusion plot.
+Labels are appended to `<augment.llm.cache_dir>/labels.jsonl` as they are produced, so a killed
+run resumes where it stopped. With `augment.llm.enabled: false` the table is empty (right
+schema) and the report says so: the DAG still runs without a GPU.
 """
 
 from __future__ import annotations
@@ -35,17 +35,16 @@ from pipeline.config import load_params
 from pipeline.io import write_json, write_parquet, write_text
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("--reviews", "--sst-train", "--out", "--report", "--confusion"):
+        parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--reviews", type=Path, default=Path("data/augmented/amazon.parquet"))
-    parser.add_argument("--sst-train", type=Path, default=Path("data/prepared/sst_train.parquet"))
-    parser.add_argument("--out", type=Path,
-                        default=Path("data/augmented/reviews_labeled.parquet"))
-    parser.add_argument("--report", type=Path, default=Path("data/augmented/label_report.json"))
-    parser.add_argument("--confusion", type=Path,
-                        default=Path("data/augmented/label_confusion.csv"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     cfg = load_params(args.params).augment.llm
     started = time.perf_counter()
     reviews = pd.read_parquet(args.reviews)
@@ -66,12 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = load_tokenizer(cfg.model)
         shots = select_shots(pd.read_parquet(args.sst_train), cfg.shots, cfg.seed,
                              where=str(args.sst_train))
-        prompt = encode_template(tokenizer, build_template(tokenizer, shots), cfg.max_review_tokens)
+        template = build_template(tokenizer, shots, chat=cfg.prompt_format == "chat")
+        prompt = encode_template(tokenizer, template, cfg.max_review_tokens)
         scorer = make_scorer(cfg, prompt)
         result = label_reviews(
             reviews, tokenizer=tokenizer, prompt=prompt, scorer=scorer,
             cache=LabelCache(Path(cfg.cache_dir) / "labels.jsonl"), model=cfg.model,
-            batch_size=cfg.batch_size, min_confidence=cfg.min_confidence,
+            batch_size=cfg.batch_size, max_reviews=cfg.max_reviews, seed=cfg.seed,
+            min_confidence=cfg.min_confidence,
         )
     except (LabelError, PromptError) as exc:
         raise SystemExit(f"label_reviews: {exc}") from exc
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"label_reviews ({scorer.name}, {cfg.model}): {counts['total']} reviews, "
         f"{counts['empty_skipped']} empty, {counts['truncated']} truncated, "
-        f"{counts['labeled']} labeled ({counts['cached_hits']} from cache), {counts['kept']} kept "
-        f"at p >= {cfg.min_confidence}; agreement with stars "
+        f"{counts['not_sampled']} not sampled, {counts['labeled']} labeled "
+        f"({counts['cached_hits']} from cache), {counts['kept']} kept"
+        f"{'' if cfg.min_confidence is None else f' at p >= {cfg.min_confidence}'}; "
+        f"agreement with stars "
         f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}; "
         f"{time.perf_counter() - started:.1f} s"
     )

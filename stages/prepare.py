@@ -1,38 +1,47 @@
-"""DVC stage `prepare`: the CS224N files named by `data.source` -> validated parquet tables.
+"""DVC stage `prepare`: the CS224N files at `--source` -> validated parquet tables.
 
-    python stages/prepare.py [--params params.yaml] [--out data/prepared]
+    python stages/prepare.py --source DIR_OR_URL --out data/prepared [--params params.yaml]
 
-Writes `{sst,qqp,sts}_{train,dev,test}.parquet` and `report.json` (rows read, kept, rejected and
-why) to `--out`; files fetched from a URL source are cached in `data/raw/cs224n/`.
+`--source` (dvc.yaml passes `data.source`) is a local directory or the URL base the files are
+downloaded from, afresh on every run: DVC re-runs the stage when a file's ETag (URL) or content
+(directory) changes, so no download is kept between runs to go stale. Writes
+`{sst,qqp,sts}_{train,dev,test}.parquet` and `report.json` (rows read, kept, rejected and why) to
+`--out`; `data.train_rows` / `data.dev_rows` cap splits to a sample drawn with `data.seed`.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.data import DataError, prepare
 
-CACHE_DIR = Path("data/raw/cs224n")
 
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", required=True, help="a directory or an http(s) URL base")
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, default=Path("data/prepared"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     params = load_params(args.params)
     started = time.perf_counter()
     try:
-        report = prepare(
-            params.data.source,
-            args.out,
-            train_rows=params.data.train_rows,
-            seed=params.train.seed,
-            cache_dir=CACHE_DIR,
-        )
+        with tempfile.TemporaryDirectory(prefix="cs224n-") as download_dir:
+            report = prepare(
+                args.source,
+                args.out,
+                train_rows=params.data.train_rows,
+                dev_rows=params.data.dev_rows,
+                seed=params.data.seed,
+                cache_dir=Path(download_dir),
+            )
     except DataError as exc:
         raise SystemExit(f"prepare: {exc}") from exc
     for task, splits in report["tasks"].items():

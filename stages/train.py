@@ -1,9 +1,12 @@
-"""DVC stage `train@<member>`: train one member of params `models:` and write its outputs.
+"""DVC stage `train@<member>-<seed>`: train one member of params `models:` with one training
+seed (an entry of the top-level `seeds:`) and write its outputs.
 
-    python stages/train.py MEMBER [--params params.yaml]
+    python stages/train.py MEMBER --seed SEED --prepared data/prepared
+        --augmented data/augmented --out models/MEMBER/seed_SEED
+        --checkpoints checkpoints/MEMBER/seed_SEED [--params params.yaml]
 
-Writes models/MEMBER/{model/, predictions/, metrics.json, live/}; keeps resumable checkpoints in
-checkpoints/MEMBER/ (a persistent DVC output).
+Writes `--out`/{model/, predictions/, metrics.json, live/}; keeps resumable checkpoints in
+`--checkpoints` (a persistent DVC output).
 """
 
 from __future__ import annotations
@@ -13,29 +16,32 @@ from pathlib import Path
 
 from dvclive import Live
 
-from pipeline.config import load_params
+from pipeline.config import ConfigError, load_params, member_for_seed
 from pipeline.train import member_frames, run_member
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("member")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--augmented", type=Path, required=True,
+                        help="the directory of the augmented SST tables a member may use")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", default="data/prepared", type=Path)
-    parser.add_argument("--augmented", default="data/augmented", type=Path)
-    parser.add_argument("--models", default="models", type=Path)
-    parser.add_argument("--checkpoints", default="checkpoints", type=Path)
-    args = parser.parse_args()
+    return parser
 
-    params = load_params(args.params)
-    if args.member not in params.models:
-        parser.error(f"{args.params}: models has no member {args.member!r}; "
-                     f"known: {sorted(params.models)}")
-    member = params.models[args.member]
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        member = member_for_seed(load_params(args.params), args.member, args.seed)
+    except ConfigError as exc:
+        raise SystemExit(f"train: {exc}") from exc
     frames = member_frames(member, args.prepared, args.augmented)
-    out_dir = args.models / member.name
-    with Live(dir=str(out_dir / "live"), dvcyaml=None, save_dvc_exp=False) as live:
-        metrics = run_member(member, frames, out_dir, args.checkpoints / member.name, live)
+    with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
+        metrics = run_member(member, frames, args.out, args.checkpoints, live)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

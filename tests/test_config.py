@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pipeline.config import (
     SmartConfig,
     TrainConfig,
     load_params,
+    member_for_seed,
     parse_params,
 )
 
@@ -62,6 +64,26 @@ def test_load_project_params():
     for task, members in params.ensemble.items():
         for member in members:
             assert task in params.models[member].tasks
+
+
+def test_default_params_are_the_papers_best_submission():
+    # Table 5: SST from the single-task model (batch 16, lr 1e-5); QQP/STS from Table 4's
+    # "SC + CS* + SMART(10) + (2e-5, 32)": 4 epochs QQP alone, then 8 round robin.
+    params = load_params(PARAMS_YAML)
+    multitask, single = params.models["multitask"], params.models["sst_single"]
+    assert multitask.tasks == ["sst", "qqp", "sts"] and single.tasks == ["sst"]
+    assert (multitask.model.backbone, multitask.model.pair_encoding, multitask.model.pooling) == (
+        "bert-base-uncased", "concat", "cls")
+    train = multitask.train
+    assert (train.schedule, train.custom.task, train.custom.fraction) == ("custom", "qqp", 0.8)
+    assert (train.custom.epochs, train.epochs - train.custom.epochs) == (4, 8)
+    assert (train.lr, train.batch_size, multitask.smart.lambda_) == (2e-5, 32, 10.0)
+    assert multitask.smart.perturbation == "normalize" and not multitask.pcgrad.enabled
+    assert (single.train.batch_size, single.train.lr, single.smart.lambda_) == (16, 1e-5, 0.0)
+    assert params.ensemble == {"sst": ["sst_single"], "qqp": ["multitask"], "sts": ["multitask"]}
+    llm = params.augment.llm
+    assert (llm.model, llm.max_reviews, llm.min_confidence) == (
+        "meta-llama/Meta-Llama-3-8B", 5000, None)
 
 
 def test_load_params_missing_file(tmp_path):
@@ -206,9 +228,15 @@ def test_unknown_key_in_member_section(raw):
         ("model", "pooling", "avg", "params.yaml: model.pooling: expected one of"),
         ("model", "backbone", 7, "params.yaml: model.backbone: expected a string"),
         ("model", "head", 2, "params.yaml: model.head: expected a mapping"),
+        ("model", "pair_features", "u", "params.yaml: model.pair_features: expected a list"),
+        ("model", "pair_features", ["u", "w"], "params.yaml: model.pair_features[1]: expected one"),
+        ("loss", "sts_contrastive_target", "inverse",
+         "params.yaml: loss.sts_contrastive_target: expected one of"),
         ("loss", "task_weights", [1, 1, 1], "params.yaml: loss.task_weights: expected a mapping"),
         ("loss", "task_weights", {"sst": "x"}, "params.yaml: loss.task_weights.sst: expected a"),
         ("smart", "norm", "l1", "params.yaml: smart.norm: expected one of"),
+        ("smart", "perturbation", "clamp",
+         "params.yaml: smart.perturbation: expected one of ['normalize', 'project'], got 'clamp'"),
     ],
 )
 def test_wrong_types_name_the_key(raw, section, key, value, expected):
@@ -224,6 +252,26 @@ def test_wrong_type_in_member_override(raw):
 def test_wrong_nested_type(raw):
     raw["model"] = {"head": {"layers": "two"}}
     assert "params.yaml: model.head.layers: expected an integer" in error_of(raw)
+
+
+@pytest.mark.parametrize("parts", [[], ["u", "v", "u"]], ids=["empty", "dup"])
+def test_pair_features_must_be_distinct_and_non_empty(raw, parts):
+    raw["model"] = {"pair_features": parts}
+    message = error_of(raw)
+    assert "params.yaml: model.pair_features: expected distinct parts from" in message
+    assert "['u', 'v', 'diff', 'prod']" in message
+    del raw["model"]
+    raw["models"]["plain"]["model"] = {"pair_features": parts}
+    assert "params.yaml: models.plain.model.pair_features: expected distinct" in error_of(raw)
+    raw["models"]["plain"]["model"] = {"pair_features": ["v", "u"]}
+    assert parse_params(raw).models["plain"].model.pair_features == ["v", "u"]
+    with pytest.raises(ConfigError, match="pair_features"):
+        ModelConfig(pair_features=parts)
+
+
+def test_defaults_of_pair_features_and_sts_contrastive_target():
+    assert ModelConfig().pair_features == ["u", "v", "diff", "prod"]
+    assert LossConfig().sts_contrastive_target == "similarity"
 
 
 def test_section_must_be_a_mapping(raw):
@@ -254,6 +302,16 @@ def test_custom_task_not_among_member_tasks(raw):
     raw["models"]["plain"]["tasks"] = ["sst"]
     raw["ensemble"] = {"sst": ["plain"]}
     assert "params.yaml: models.plain.train.custom.task" in error_of(raw)
+
+
+@pytest.mark.parametrize("custom_epochs", [4, 5])
+def test_custom_phase_must_leave_a_multitask_epoch(raw, custom_epochs):
+    raw["train"].update(schedule="custom", epochs=4, custom={"epochs": custom_epochs})
+    message = error_of(raw)
+    assert "params.yaml: models.plain.train.custom.epochs" in message
+    assert "custom.epochs < epochs" in message
+    raw["train"]["custom"] = {"epochs": 3}
+    assert parse_params(raw).models["plain"].train.custom.epochs == 3
 
 
 @pytest.mark.parametrize(
@@ -303,3 +361,46 @@ def test_parse_does_not_mutate_its_input(raw):
     before = copy.deepcopy(raw)
     parse_params(raw)
     assert raw == before
+
+
+# --- seeds -------------------------------------------------------------------------------------
+
+
+def test_training_seeds_are_a_top_level_list(raw):
+    raw["seeds"] = [11, 12, 13]
+    raw["data"] = {"seed": 5}
+    params = parse_params(raw)
+    assert params.seeds == [11, 12, 13] and params.data.seed == 5
+    assert parse_params({"models": {"m": {}}}).seeds == [TrainConfig().seed]
+
+
+@pytest.mark.parametrize("where", ["global", "member"])
+def test_train_seed_is_rejected_for_the_seeds_list(raw, where):
+    section = raw["train"] if where == "global" else raw["models"]["plain"].setdefault("train", {})
+    section["seed"] = 7
+    message = error_of(raw)
+    key = "train.seed" if where == "global" else "models.plain.train.seed"
+    assert f"params.yaml: {key}" in message and "top-level `seeds:`" in message
+
+
+@pytest.mark.parametrize("seeds", [[], [11, 11], [1.5], "11", [True]])
+def test_bad_seeds(raw, seeds):
+    raw["seeds"] = seeds
+    assert "params.yaml: seeds" in error_of(raw)
+
+
+def test_member_for_seed_sets_only_the_training_seed(raw):
+    params = parse_params(raw)
+    member = member_for_seed(params, "big_batch", 13)
+    assert member.train.seed == 13 and member.train.batch_size == 64
+    assert dataclasses.replace(member.train, seed=params.models["big_batch"].train.seed) == (
+        params.models["big_batch"].train)
+    assert member.model == params.models["big_batch"].model and member.name == "big_batch"
+    with pytest.raises(ConfigError, match="no member 'ghost'"):
+        member_for_seed(params, "ghost", 1)
+
+
+def test_project_params_train_seeds_not_data_seed():
+    source = yaml.safe_load(PARAMS_YAML.read_text())
+    assert "seed" not in source["train"] and source["seeds"]
+    assert load_params(PARAMS_YAML).data.seed == source["data"]["seed"]

@@ -167,11 +167,20 @@ def test_real_qqp_float_labels_become_integers(cs224n_dir):
 def test_real_prepare_end_to_end(cs224n_dir, tmp_path):
     out = tmp_path / "prepared"
     report = prepare(
-        str(cs224n_dir), out, train_rows={"qqp": 1000}, seed=11, cache_dir=tmp_path / "cache"
+        str(cs224n_dir), out, train_rows={"qqp": 1000}, seed=11, cache_dir=tmp_path / "cache",
+        dev_rows={"qqp": 500},
     )
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_NAMES
     qqp = report["tasks"]["qqp"]
     assert qqp["train"]["rows_kept"] == 13507 and qqp["train"]["rows_written"] == 1000
+    assert qqp["dev"]["rows_written"] == 500 and report["dev_rows"] == {"qqp": 500}
+    dev = load_prepared(out, "qqp", "dev")
+    full, _ = read_task_split(cs224n_dir, "qqp", "dev")
+    # a seeded sample of the full dev split, in file order
+    assert len(dev) == 500 and set(dev["id"]) <= set(full["id"])
+    assert list(dev["id"]) == [i for i in full["id"] if i in set(dev["id"])]
+    sts_dev, _ = read_task_split(cs224n_dir, "sts", "dev")
+    assert len(load_prepared(out, "sts", "dev")) == len(sts_dev)  # no cap: every row
     assert qqp["test"]["missing"] is True and qqp["test"]["rows_written"] == 0
     assert len(load_prepared(out, "qqp", "train")) == 1000
     assert len(load_prepared(out, "sst", "train")) == 8544

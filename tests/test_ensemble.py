@@ -18,6 +18,7 @@ from pipeline.ensemble import (
     average_predictions,
     ensemble_metrics,
     read_member_predictions,
+    seed_report,
     submission_name,
     submission_text,
 )
@@ -176,12 +177,36 @@ def test_submission_names():
 
 
 def test_read_member_predictions(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'ghost'"):
-        read_member_predictions(tmp_path, "ghost", "sst", "dev")
-    (tmp_path / "m" / "predictions").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="'ghost' with seed 3.*train@ghost-3"):
+        read_member_predictions(tmp_path, "ghost", 3, "sst", "dev")
+    (tmp_path / "m" / "seed_7" / "predictions").mkdir(parents=True)
     table = sts_member(["a"], [1.5])
-    table.to_parquet(tmp_path / "m" / "predictions" / "sts_test.parquet", index=False)
-    pd.testing.assert_frame_equal(read_member_predictions(tmp_path, "m", "sts", "test"), table)
+    table.to_parquet(tmp_path / "m" / "seed_7" / "predictions" / "sts_test.parquet", index=False)
+    pd.testing.assert_frame_equal(read_member_predictions(tmp_path, "m", 7, "sts", "test"), table)
+    with pytest.raises(FileNotFoundError, match="seed_8"):
+        read_member_predictions(tmp_path, "m", 8, "sts", "test")
+
+
+def test_seed_report_by_hand(tmp_path):
+    runs = {11: {"sst_acc": 0.5, "overall": 0.6, "train_examples": {"sst": 8}},
+            12: {"sst_acc": 0.6, "overall": 0.7, "train_examples": {"sst": 8}},
+            13: {"sst_acc": 0.7, "overall": 0.5, "train_examples": {"sst": 8}}}
+    for seed, metrics in runs.items():
+        (tmp_path / "m" / f"seed_{seed}").mkdir(parents=True)
+        (tmp_path / "m" / f"seed_{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    report = seed_report(tmp_path, ["m"], [11, 12, 13])
+    assert report["m"]["per_seed"] == {"11": {"sst_acc": 0.5, "overall": 0.6},
+                                       "12": {"sst_acc": 0.6, "overall": 0.7},
+                                       "13": {"sst_acc": 0.7, "overall": 0.5}}
+    # sst_acc: mean 0.6, deviations ∓0.1, 0 → sd √(0.02 / 2) = 0.1; overall the same spread
+    assert set(report["m"]["aggregate"]) == {"sst_acc", "overall"}
+    for stats in report["m"]["aggregate"].values():
+        assert stats == pytest.approx({"mean": 0.6, "sd": 0.1, "n": 3})
+    # only the seeds asked for are read
+    assert seed_report(tmp_path, ["m"], [12])["m"]["aggregate"]["sst_acc"] == {
+        "mean": 0.6, "sd": None, "n": 1}
+    with pytest.raises(FileNotFoundError, match="seed_14"):
+        seed_report(tmp_path, ["m"], [11, 14])
 
 
 # -- stages/ensemble.py end to end ------------------------------------------------------------
@@ -210,30 +235,48 @@ MEMBERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def stage_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    tmp = tmp_path_factory.mktemp("ensemble-stage")
+# Each member's own dev scores, as its train stage writes them (read back per seed).
+MEMBER_METRICS = {"sst_single": {"sst_acc": 0.5, "overall": 0.5, "best_epoch": 2},
+                  "multitask": {"sst_acc": 0.25, "qqp_acc": 0.6, "sts_pearson": 0.8,
+                                "overall": 0.5, "train_examples": {"sst": 4}}}
+
+
+def run_stage(tmp: Path, members: dict[str, dict[int, tuple[dict, dict]]],
+              ensemble: dict[str, list[str]], seeds: list[int]) -> subprocess.CompletedProcess:
+    """stages/ensemble.py in ``tmp`` on the prepared DEV tables and ``members``:
+    {member: {seed: (prediction tables by name, metrics)}}."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     # The project's params, with the members this test provides (sst_single has the schedule
     # override the project gives it: the default custom schedule names qqp).
     raw["models"] = {"multitask": {"tasks": ["sst", "qqp", "sts"]},
                      "sst_single": {"tasks": ["sst"], "train": {"schedule": "round_robin"}}}
-    raw["ensemble"] = {"sst": ["sst_single", "multitask"], "qqp": ["multitask"],
-                       "sts": ["multitask"]}
+    raw["ensemble"] = ensemble
+    raw["seeds"] = seeds
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (tmp / "prep").mkdir()
     for task, frame in DEV.items():
         # stored in another order than any member lists its rows
         frame.iloc[::-1].to_parquet(tmp / "prep" / f"{task}_dev.parquet", index=False)
-    for member, tables in MEMBERS.items():
-        out = tmp / "mods" / member / "predictions"
-        out.mkdir(parents=True)
-        for name, frame in tables.items():
-            frame.to_parquet(out / f"{name}.parquet", index=False)
-    result = subprocess.run(
+    for member, runs in members.items():
+        for seed, (tables, metrics) in runs.items():
+            out = tmp / "mods" / member / f"seed_{seed}"
+            (out / "predictions").mkdir(parents=True)
+            for name, frame in tables.items():
+                frame.to_parquet(out / "predictions" / f"{name}.parquet", index=False)
+            (out / "metrics.json").write_text(json.dumps(metrics))
+    return subprocess.run(
         [sys.executable, str(ROOT / "stages" / "ensemble.py"), "--params", "params.yaml",
-         "--prepared", "prep", "--models", "mods"],
+         "--prepared", "prep", "--models", "mods", "--metrics", "metrics.json",
+         "--predictions", "predictions", "--submission", "submission", "--plots", "plots"],
         cwd=tmp, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("ensemble-stage")
+    members = {name: {11: (tables, MEMBER_METRICS[name])} for name, tables in MEMBERS.items()}
+    result = run_stage(tmp, members, {"sst": ["sst_single", "multitask"], "qqp": ["multitask"],
+                                      "sts": ["multitask"]}, seeds=[11])
     return tmp, result
 
 
@@ -252,6 +295,37 @@ def test_stage_metrics(stage_run):
     assert metrics["overall"] == pytest.approx((0.75 + 0.8 + 0.9) / 3)
     assert metrics["members"] == {"sst": ["sst_single", "multitask"], "qqp": ["multitask"],
                                   "sts": ["multitask"]}
+    # one seed: each member's scores as written, with no sd
+    assert metrics["seeds"]["sst_single"] == {
+        "per_seed": {"11": {"sst_acc": 0.5, "overall": 0.5, "best_epoch": 2}},
+        "aggregate": {"sst_acc": {"mean": 0.5, "sd": None, "n": 1},
+                      "overall": {"mean": 0.5, "sd": None, "n": 1},
+                      "best_epoch": {"mean": 2.0, "sd": None, "n": 1}}}
+    assert metrics["seeds"]["multitask"]["aggregate"]["sts_pearson"] == {
+        "mean": 0.8, "sd": None, "n": 1}
+
+
+def test_stage_averages_every_seed(tmp_path):
+    ids = ["t1", "t2", "t3", "t4"]
+    runs = {11: ({"sts_dev": sts_member(ids, [1.0, 2.0, 3.0, 4.0]),
+                  "sts_test": sts_member(["v1"], [2.0])}, {"sts_pearson": 0.8}),
+            12: ({"sts_dev": sts_member(ids[::-1], [4.0, 1.0, 2.0, 3.0]),
+                  "sts_test": sts_member(["v1"], [3.0])}, {"sts_pearson": 0.4})}
+    result = run_stage(tmp_path, {"multitask": runs}, {"sts": ["multitask"]}, seeds=[11, 12])
+    assert result.returncode == 0, result.stderr
+    # t1..t4: seed 11 [1, 2, 3, 4], seed 12 [3, 2, 1, 4] → mean [2, 2, 2, 4]; labels [1, 3, 2, 4]
+    # deviations pred [−.5, −.5, −.5, 1.5], label [−1.5, .5, −.5, 1.5]: Σ products 3, Σ² 3 and 5
+    # → r = 3 / √15
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["sts_pearson"] == pytest.approx(3 / 15 ** 0.5)
+    dev = pd.read_parquet(tmp_path / "predictions" / "sts_dev.parquet")
+    assert dev["pred"].tolist() == [2.0, 2.0, 2.0, 4.0]
+    assert pd.read_parquet(tmp_path / "predictions" / "sts_test.parquet")["pred"].tolist() == [2.5]
+    # seeds' own r 0.8 and 0.4: mean 0.6, sd √((0.2² + 0.2²) / 1) = √0.08
+    assert metrics["seeds"]["multitask"]["per_seed"] == {"11": {"sts_pearson": 0.8},
+                                                         "12": {"sts_pearson": 0.4}}
+    assert metrics["seeds"]["multitask"]["aggregate"]["sts_pearson"] == pytest.approx(
+        {"mean": 0.6, "sd": 0.08 ** 0.5, "n": 2})
 
 
 def declared_plot_axes() -> dict[str, tuple[str, str]]:

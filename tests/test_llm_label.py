@@ -27,15 +27,18 @@ from pipeline.augment.llm_label import (
     VllmScorer,
     label_reviews,
     probabilities,
+    sample_mask,
 )
 from pipeline.augment.llm_prompt import (
     INSTRUCTION,
     LABEL_NAMES,
+    PromptError,
     build_template,
     encode_template,
     quote,
     select_shots,
 )
+from pipeline.config import LlmConfig, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -209,16 +212,28 @@ def test_chat_template_without_system_role_gets_the_instruction_in_the_first_tur
     assert template.suffix == "\n[assistant] "
 
 
-def test_plain_template_without_chat_template():
-    tok = make_tokenizer(chat=False)
+@pytest.mark.parametrize("has_chat_template", [False, True])
+def test_plain_template_is_a_few_shot_continuation(has_chat_template):
+    # A base model's tokenizer may ship a chat template (Llama 3.1 base does): plain ignores it.
+    tok = make_tokenizer(chat=has_chat_template)
     shots = select_shots(sst_train(), k=2, seed=11)
-    template = build_template(tok, shots)
+    template = build_template(tok, shots, chat=False)
     assert not template.chat
-    assert template.prefix.startswith(INSTRUCTION) and template.prefix.endswith("Sentence: ")
+    (s0, s1), (y0, y1) = shots["sentence"], shots["label"]
+    assert template.prefix == (f"{INSTRUCTION}\n\nSentence: {quote(s0)}\nLabel: {LABEL_NAMES[y0]}"
+                               f"\n\nSentence: {quote(s1)}\nLabel: {LABEL_NAMES[y1]}\n\n"
+                               "Sentence: ")
     assert template.suffix == "\nLabel:"
     assert template.answers == tuple(" " + n for n in LABEL_NAMES)
     encoded = encode_template(tok, template, max_review_tokens=8)
     assert encoded.prefix_ids[0] == tok.bos_token_id
+    assert not set(encoded.prefix_ids[1:]) & set(tok.all_special_ids)
+
+
+def test_chat_format_needs_a_chat_template():
+    with pytest.raises(PromptError, match="prompt_format is 'chat'.*no chat template"):
+        build_template(make_tokenizer(chat=False), select_shots(sst_train(), k=2, seed=11),
+                       chat=True)
 
 
 def test_review_is_quoted_escaped_and_truncated(tokenizer, prompt):
@@ -284,9 +299,11 @@ class CountingScorer:
         return self.inner.score(reviews)
 
 
-def run(reviews, tokenizer, prompt, scorer, cache, min_confidence=0.0, batch_size=2):
+def run(reviews, tokenizer, prompt, scorer, cache, min_confidence=None, batch_size=2,
+        max_reviews=None, seed=11):
     return label_reviews(reviews, tokenizer=tokenizer, prompt=prompt, scorer=scorer, cache=cache,
-                         model="tiny", batch_size=batch_size, min_confidence=min_confidence)
+                         model="tiny", batch_size=batch_size, max_reviews=max_reviews, seed=seed,
+                         min_confidence=min_confidence)
 
 
 def test_kill_and_resume_labels_each_review_exactly_once(model, tokenizer, prompt, tmp_path):
@@ -354,8 +371,8 @@ def test_labeled_table_schema_counts_and_agreement(model, tokenizer, prompt, tmp
     counts = report["counts"]
     long = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) > 24
                for t in nonempty["sentence"])
-    assert counts == {"total": 9, "empty_skipped": 2, "truncated": long, "labeled": 7,
-                      "kept": len(kept), "cached_hits": 0, "scored": 6}
+    assert counts == {"total": 9, "empty_skipped": 2, "not_sampled": 0, "truncated": long,
+                      "labeled": 7, "kept": len(kept), "cached_hits": 0, "scored": 6}
     stars = labeled["star_label"].astype(int).to_numpy()
     llm = labeled["label"].astype(int).to_numpy()
     agree = report["agreement_with_stars"]["labeled"]
@@ -393,6 +410,61 @@ def test_injection_attempt_is_labeled_like_any_review(model, tokenizer, prompt, 
         ids, _ = prompt.review_ids(tokenizer, row.sentence)
         assert not set(ids) & set(tokenizer.all_special_ids)
         assert row.label == int(np.argmax(reference_logp(model, prompt, ids)))
+
+
+def test_max_reviews_labels_a_seeded_sample_of_exactly_that_many(model, tokenizer, prompt,
+                                                                 tmp_path):
+    reviews = amazon_reviews()  # 9 rows, 2 empty
+    nonempty = set(reviews.loc[reviews["sentence"].str.strip() != "", "id"])
+    inner = TransformersScorer(model, prompt, batch_size=4)
+
+    def sample(table, seed, n=4):
+        spy = CountingScorer(inner)
+        result = run(table, tokenizer, prompt, spy, LabelCache(tmp_path / f"{seed}.jsonl"),
+                     max_reviews=n, seed=seed)
+        return result, spy
+
+    result, spy = sample(reviews, seed=11)
+    ids = result.labeled["source_id"].tolist()
+    assert len(ids) == len(set(ids)) == len(result.kept) == 4 and set(ids) <= nonempty
+    assert ids == [i for i in reviews["id"] if i in set(ids)]  # in the table's order
+    assert len(spy.seen) == len(set(result.labeled["sentence"]))  # only the sample is scored
+    assert result.report["max_reviews"] == 4
+    c = result.report["counts"]
+    assert (c["total"], c["empty_skipped"], c["not_sampled"], c["labeled"]) == (9, 2, 3, 4)
+    # The same seed draws the same reviews whatever the table's order; another seed others.
+    shuffled = reviews.sample(frac=1.0, random_state=1)
+    assert set(sample(shuffled, seed=11)[0].labeled["source_id"]) == set(ids)
+    assert set(sample(reviews, seed=12)[0].labeled["source_id"]) != set(ids)
+    # A cap at or above the number of non-empty reviews labels them all.
+    assert len(sample(reviews, seed=11, n=7)[0].labeled) == 7
+    with pytest.raises(LabelError, match="max_reviews: expected null or >= 1"):
+        sample(reviews, seed=11, n=0)
+
+
+def test_sample_mask_is_uniform_over_eligible_rows():
+    ids = pd.Series([f"r{i}" for i in range(6)])
+    eligible = np.array([True, False, True, True, True, True])
+    seeds = 2000
+    counts = sum(sample_mask(ids, eligible, 2, seed).astype(int) for seed in range(seeds))
+    assert counts[1] == 0 and counts.sum() == 2 * seeds
+    # Each of the 5 eligible rows is drawn with probability 2/5; sd sqrt(.4 · .6 / 2000) ≈ 0.011.
+    np.testing.assert_allclose(counts[eligible] / seeds, 0.4, atol=0.045)
+
+
+def test_defaults_are_the_papers_base_model_5000_reviews_no_filter(model, tokenizer, prompt,
+                                                                   tmp_path):
+    for cfg in (LlmConfig(), load_params(ROOT / "params.yaml").augment.llm):
+        assert cfg.model == "meta-llama/Meta-Llama-3-8B" and cfg.prompt_format == "plain"
+        assert (cfg.shots, cfg.max_reviews, cfg.min_confidence) == (11, 5000, None)
+    scorer, cache = TransformersScorer(model, prompt), LabelCache(tmp_path / "c.jsonl")
+    result = run(amazon_reviews(), tokenizer, prompt, scorer, cache)
+    pd.testing.assert_frame_equal(result.kept, result.labeled)
+    assert len(result.kept) == 7 and result.report["min_confidence"] is None
+    # A threshold at the highest confidence, by contrast, drops the less confident rows.
+    top = float(result.labeled["score"].max())
+    filtered = run(amazon_reviews(), tokenizer, prompt, scorer, cache, min_confidence=top)
+    assert 0 < len(filtered.kept) < 7 and (filtered.kept["score"] == top).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,8 +583,8 @@ def stage_main(argv):
 
 
 def test_stage_writes_table_report_and_confusion(tmp_path, tokenizer, model):
-    argv = write_stage_inputs(tmp_path, tokenizer, model, enabled=True, min_confidence=0.0,
-                              max_review_tokens=16)
+    # params.yaml's defaults otherwise: the plain prompt, max_reviews 5000, no confidence filter.
+    argv = write_stage_inputs(tmp_path, tokenizer, model, enabled=True, max_review_tokens=16)
     stage_main(argv)
     out = tmp_path / "out"
     table = pd.read_parquet(out / "reviews_labeled.parquet")

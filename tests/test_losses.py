@@ -152,10 +152,34 @@ def test_categorical_contrastive_batch_mean():
     assert loss.item() == pytest.approx(0.04 / 3, rel=1e-6)
 
 
-def test_continuous_contrastive_written_out():
+STS_D, STS_Y = [0.5, 0.2, 0.1], [5.0, 0.0, 3.0]
+
+
+def test_continuous_contrastive_paper_target_written_out():
     # |5/20 − 0.5²| = 0, |0/20 − 0.2²| = 0.04, |3/20 − 0.1²| = 0.14 → mean 0.06
-    loss = continuous_contrastive(torch.tensor([0.5, 0.2, 0.1]), torch.tensor([5.0, 0.0, 3.0]))
+    loss = continuous_contrastive(torch.tensor(STS_D), torch.tensor(STS_Y), "paper")
     assert loss.item() == pytest.approx(0.06, rel=1e-5)
+
+
+def test_continuous_contrastive_similarity_target_written_out():
+    # |0/20 − 0.5²| = 0.25, |5/20 − 0.2²| = 0.21, |2/20 − 0.1²| = 0.09 → mean 0.55 / 3
+    loss = continuous_contrastive(torch.tensor(STS_D), torch.tensor(STS_Y), "similarity")
+    assert loss.item() == pytest.approx(0.55 / 3, rel=1e-5)
+
+
+def test_similarity_target_puts_equivalent_pairs_together_and_unrelated_at_cosine_half():
+    # zero loss exactly where d² = (5 − y)/20: y = 5 at d = 0, y = 0 at d = 0.5 (cos 0.5),
+    # y = 1 at d = √0.2; the paper's printed target costs |1/4 − 0|, |0 − 1/4|, |1/20 − 1/5| there
+    distance, labels = torch.tensor([0.0, 0.5, math.sqrt(0.2)]), torch.tensor([5.0, 0.0, 1.0])
+    assert continuous_contrastive(distance, labels, "similarity").item() == pytest.approx(
+        0.0, abs=1e-7)
+    assert continuous_contrastive(distance, labels, "paper").item() == pytest.approx(
+        (0.25 + 0.25 + 0.15) / 3, rel=1e-5)
+
+
+def test_continuous_contrastive_unknown_target():
+    with pytest.raises(ValueError, match="cosine"):
+        continuous_contrastive(torch.zeros(2), torch.zeros(2), "cosine")
 
 
 def test_cosine_distance_written_out():
@@ -188,8 +212,13 @@ def test_contrastive_loss_dispatch():
     # the margin is passed through: with m = 1.0 the third pair now costs ½·0.3² = 0.045
     qqp_m1 = contrastive_loss("qqp", torch.tensor([0.7]), torch.tensor([0]), 1.0)
     assert qqp_m1.item() == pytest.approx(0.045, rel=1e-6)
-    sts = contrastive_loss("sts", torch.tensor([0.5, 0.2, 0.1]), torch.tensor([5.0, 0.0, 3.0]), 0.5)
-    assert sts.item() == pytest.approx(0.06, rel=1e-5)
+    sts_d, sts_y = torch.tensor(STS_D), torch.tensor(STS_Y)
+    assert contrastive_loss("sts", sts_d, sts_y, 0.5, "paper").item() == pytest.approx(
+        0.06, rel=1e-5)
+    assert contrastive_loss("sts", sts_d, sts_y, 0.5, "similarity").item() == pytest.approx(
+        0.55 / 3, rel=1e-5)
+    # the params default is the label-matching target
+    assert contrastive_loss("sts", sts_d, sts_y, 0.5).item() == pytest.approx(0.55 / 3, rel=1e-5)
 
 
 @pytest.mark.parametrize("task", ["sst", "mnli"])

@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from pipeline.config import HeadConfig, ModelConfig
-from pipeline.model import AttentionPooling, MultitaskModel, mlp_head, pool, resolve_backbone
+from pipeline.model import (
+    AttentionPooling,
+    MultitaskModel,
+    load_backbone,
+    mlp_head,
+    pool,
+    resolve_backbone,
+)
 
 TASKS = ["sst", "qqp", "sts"]
 POOLINGS = ["cls", "mean", "max", "attention"]
@@ -167,6 +174,67 @@ def test_separate_encoding_feature(build, tokenizer):
     assert model.heads["sst"][1].in_features == d
     with torch.no_grad():
         assert torch.allclose(out, model.heads["qqp"](feature).squeeze(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("parts", [["u", "v"], ["prod", "u"], ["diff"]])
+def test_pair_features_choose_and_order_the_parts(tiny_bert, tokenizer, parts):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=str(tiny_bert), pooling="mean", pair_encoding="separate",
+                      pair_features=parts)
+    model = MultitaskModel(cfg, TASKS).eval()
+    first, second = encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)
+    with torch.no_grad():
+        u, v = model.embed(first), model.embed(second)
+        feature = model.features("sts", [first, second])
+        out = model("sts", [first, second])
+    by_hand = {"u": u, "v": v, "diff": (u - v).abs(), "prod": u * v}
+    d = u.shape[-1]
+    assert feature.shape == (3, len(parts) * d)
+    for k, part in enumerate(parts):
+        assert torch.allclose(feature[:, k * d:(k + 1) * d], by_hand[part], atol=1e-6)
+    assert model.heads["qqp"][1].in_features == len(parts) * d
+    assert model.heads["sts"][1].in_features == len(parts) * d
+    assert model.heads["sst"][1].in_features == d
+    with torch.no_grad():
+        assert torch.allclose(out, model.heads["sts"](feature).squeeze(-1), atol=1e-6)
+
+
+def test_pair_features_have_no_effect_with_concat(build, tiny_bert, tokenizer):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=str(tiny_bert), pair_encoding="concat", pair_features=["u", "v"])
+    model = MultitaskModel(cfg, TASKS).eval()
+    default = build("cls", "concat")  # the same seed, default pair_features
+    pair = [encode(tokenizer, SENTENCES, SECONDS)]
+    d = model.backbone.config.hidden_size
+    assert model.heads["qqp"][1].in_features == d
+    with torch.no_grad():
+        assert torch.equal(model("qqp", pair), default("qqp", pair))
+
+
+@pytest.mark.parametrize(("pooling", "pair_encoding"),
+                         [("cls", "concat"), ("attention", "separate")])
+def test_heads_run_in_fp32_under_bf16_autocast(build, tokenizer, pooling, pair_encoding):
+    model = build(pooling, pair_encoding)
+    if pair_encoding == "concat":
+        pair = [encode(tokenizer, SENTENCES, SECONDS)]
+    else:
+        pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
+    for task, inputs in (("sst", [encode(tokenizer, SENTENCES)]), ("qqp", pair), ("sts", pair)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(task, inputs)
+            feature = model.features(task, inputs)
+        assert out.dtype == torch.float32
+        # the head by hand in float64 on the same pooled features: dropout → linear → ReLU →
+        # dropout → linear (dropout is the identity in eval mode)
+        head = model.heads[task]
+        w1, b1, w2, b2 = (t.detach().double() for t in (head[1].weight, head[1].bias,
+                                                        head[4].weight, head[4].bias))
+        want = (feature.double() @ w1.T + b1).clamp(min=0) @ w2.T + b2
+        want = want if task == "sst" else want.squeeze(-1)
+        assert torch.allclose(out.double(), want, rtol=1e-5, atol=1e-6), (out - want).abs().max()
+        if task == "sts":
+            # not rounded to bf16's 8 significant bits on the way out
+            assert (out != out.to(torch.bfloat16).float()).all(), out
 
 
 def test_concat_encoding_uses_token_type_ids(build, tokenizer):
@@ -330,3 +398,17 @@ def test_every_shared_parameter_gets_a_gradient_from_each_task(tiny_bert, tokeni
         unreached = [names[id(p)] for p in model.shared_parameters() if p.grad is None]
         assert unreached == [], f"{task}: shared parameters with no gradient: {unreached}"
         assert all(p.grad is not None for p in model.head_parameters(task))
+
+
+def test_an_fp16_checkpoint_loads_as_fp32_master_weights(tiny_bert, tmp_path):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(str(tiny_bert)).half().save_pretrained(tmp_path / "fp16")
+    reloaded = AutoModel.from_pretrained(str(tmp_path / "fp16"))
+    assert next(reloaded.parameters()).dtype == torch.float16  # what transformers would train
+    backbone = load_backbone(str(tmp_path / "fp16"))
+    assert {p.dtype for p in backbone.parameters()} == {torch.float32}
+    original = AutoModel.from_pretrained(str(tiny_bert)).embeddings.word_embeddings.weight
+    # the values are the checkpoint's, rounded to fp16 once
+    torch.testing.assert_close(backbone.embeddings.word_embeddings.weight,
+                               original.half().float())

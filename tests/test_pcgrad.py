@@ -212,3 +212,31 @@ def test_multitask_model_under_bf16_autocast(tiny_bert):
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert pc.buffer_bytes() == 3 * 4 * sum(p.numel() for p in model.shared_parameters())
     assert all(model.heads[t][1].weight.grad is not None for t in tasks)
+
+
+def test_step_table_records_each_step_by_hand():
+    # Loss_t = g_t · w, so each task's gradient is exactly the g_t chosen per step.
+    w = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    pc = PCGrad([w], ["sst", "qqp"], torch.Generator().manual_seed(0))
+    steps = [((1.0, 0.0), (-2.0, 1.0)),   # g·g' = −2: both projected (see the formula test)
+             ((1.0, 2.0), (0.5, -0.1)),   # g·g' = 0.3: neither
+             ((1.0, 0.0), (-1.0, 0.0))]   # opposite: each projection removes the whole vector
+    for g_sst, g_qqp in steps:
+        w.grad = None  # the optimiser's zero_grad
+        pc.accumulate("sst", torch.dot(torch.tensor(g_sst, dtype=torch.float64), w))
+        pc.accumulate("qqp", torch.dot(torch.tensor(g_qqp, dtype=torch.float64), w))
+        pc.combine()
+    table = pc.step_table()
+    assert list(table["step"]) == [1, 2, 3]
+    assert list(table["projections/sst_to_qqp"]) == [1, 0, 1]
+    assert list(table["projections/qqp_to_sst"]) == [1, 0, 1]
+    # ‖g_sst^PC‖: 1 → √0.2; ‖g_qqp^PC‖: √5 → 1; then 1 → 0 for both.
+    np.testing.assert_allclose(table["norm_change_pct/sst_to_qqp"],
+                               [100 * (np.sqrt(0.2) - 1), 0, -100], atol=1e-12)
+    np.testing.assert_allclose(table["norm_change_pct/qqp_to_sst"],
+                               [100 * (1 / np.sqrt(5) - 1), 0, -100], atol=1e-12)
+    stats = pc.epoch_stats()  # the epoch sums the counts and averages the changes
+    assert stats["pcgrad/steps"] == 3 and stats["pcgrad/projections/sst_to_qqp"] == 2
+    assert stats["pcgrad/norm_change_pct/sst_to_qqp"] == pytest.approx(
+        (100 * (np.sqrt(0.2) - 1) - 100) / 2)
+    assert pc.step_table().empty

@@ -1,13 +1,16 @@
-"""End to end: `dvc repro` of the whole DAG on tiny real data with a tiny random BERT, then a
-variant with `dvc exp run -S` and its comparison with `dvc metrics diff`."""
+"""End to end: `dvc repro` of the whole DAG on tiny real data with a tiny random BERT and two
+training seeds, a variant with `dvc exp run -S` and its comparison with `dvc metrics diff`, and
+two queued experiments run by `dvc queue start` in DVC's temporary copies of the project."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +21,8 @@ from pipeline.data import SPLITS, load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 48  # rows kept from each real file
+SEEDS = [11, 12]
+MEMBERS = ("multitask", "sst_single")
 
 
 def head_lines(src: Path, dst: Path, rows: int) -> None:
@@ -68,6 +73,7 @@ def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
     params["train"].update(epochs=2, batches_per_epoch=4, batch_size=4, eval_batch_size=64,
                            custom={"task": "qqp", "fraction": 0.8, "epochs": 1})
     params["augment"]["reviews"].update(source=str(reviews), per_label=5)
+    params["seeds"] = SEEDS
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], proj)
     run(["git", "add", "-A"], proj)
@@ -80,12 +86,21 @@ def test_repro_writes_every_declared_output(project):
     for task in ("sst", "qqp", "sts"):
         for split in SPLITS:
             load_prepared(project / "data" / "prepared", task, split)
-    for member in ("multitask", "sst_single"):
-        metrics = json.loads((project / "models" / member / "metrics.json").read_text())
-        assert 0.0 <= metrics["sst_acc"] <= 1.0
-        assert (project / "models" / member / "model" / "model.safetensors").exists()
-        assert (project / "models" / member / "live" / "plots" / "metrics").is_dir()
     metrics = json.loads((project / "metrics.json").read_text())
+    for member in MEMBERS:
+        per_seed = []
+        for seed in SEEDS:
+            seed_dir = project / "models" / member / f"seed_{seed}"
+            per_seed.append(json.loads((seed_dir / "metrics.json").read_text())["sst_acc"])
+            assert (seed_dir / "model" / "model.safetensors").exists()
+            assert (seed_dir / "live" / "plots" / "metrics").is_dir()
+            assert (project / "checkpoints" / member / f"seed_{seed}").is_dir()
+        assert all(0.0 <= acc <= 1.0 for acc in per_seed)
+        # the ensemble stage's per-member summary: two seeds' mean and sample sd |a − b| / √2
+        summary = metrics["seeds"][member]
+        assert [summary["per_seed"][str(s)]["sst_acc"] for s in SEEDS] == per_seed
+        assert summary["aggregate"]["sst_acc"] == pytest.approx(
+            {"mean": sum(per_seed) / 2, "sd": abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, "n": 2})
     assert set(metrics) >= {"sst_acc", "qqp_acc", "sts_pearson", "overall"}
     assert metrics["overall"] == pytest.approx(
         (metrics["sst_acc"] + metrics["qqp_acc"] + (metrics["sts_pearson"] + 1) / 2) / 3)
@@ -94,8 +109,20 @@ def test_repro_writes_every_declared_output(project):
     assert len(sst_test) == 1 + ROWS
     confusion = pd.read_csv(project / "plots" / "sst_confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == ROWS
-    status = run(["dvc", "status"], project)
-    assert "up to date" in status.lower() or "changed" not in status.lower()
+    assert json.loads(run(["dvc", "status", "--json"], project)) == {}
+
+
+def test_new_seed_leaves_prepare_and_trained_seeds_up_to_date(project):
+    params_path = project / "params.yaml"
+    saved = params_path.read_text()
+    try:
+        params = yaml.safe_load(saved)
+        params["seeds"] = [*SEEDS, 13]
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json"], project)))
+    finally:
+        params_path.write_text(saved)
+    assert stale == {"train@multitask-13", "train@sst_single-13", "ensemble"}
 
 
 def test_exp_run_variant_shows_in_metrics_diff(project):
@@ -113,3 +140,50 @@ def test_exp_run_variant_shows_in_metrics_diff(project):
     shown = run(["dvc", "exp", "show", "--json"], project)
     # The committed baseline and the experiment both carry their scores (git-tracked metrics).
     assert shown.count('"overall"') >= 2 and shown.count('"round_robin"') >= 1
+
+
+def wait_for_queue(project: Path, names: list[str], limit_s: float = 900) -> str:
+    """Poll `dvc queue status` until none of ``names`` is queued or running."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        status = run(["dvc", "queue", "status"], project)
+        pending = [n for n in names
+                   if re.search(rf"\b{n}\b.*\b(Queued|Running)\b", status)]
+        if not pending or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
+def test_queued_experiments_reach_their_data(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "results before the queue", "--allow-empty"], project)
+    # Queued runs execute in a copy holding only git-tracked files: machine-local inputs are
+    # given as absolute paths. `faster` only retrains; `resampled` also re-runs prepare from the
+    # raw files (data.seed), so EDA needs WordNet there and filter_reviews the reviews.
+    wordnet = (project / "data" / "nltk_data").resolve()
+    target = "train@multitask-11"
+    run(["dvc", "exp", "run", "--queue", "-n", "faster", "-S", "train.lr=3e-4", target], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "resampled", "-S", "train.lr=1e-3",
+         "-S", "data.seed=5", "-S", "++data.train_rows={sst:40}",
+         "-S", f"augment.eda.wordnet_dir={wordnet}", target], project)
+    run(["dvc", "queue", "start"], project)
+    status = wait_for_queue(project, ["faster", "resampled"])
+    for name in ("faster", "resampled"):
+        assert re.search(rf"\b{name}\b.*\bSuccess\b", status), (
+            f"{name}: {status}\n{run(['dvc', 'queue', 'logs', name], project)[-4000:]}")
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                if rev["name"] in ("faster", "resampled"):
+                    found[rev["name"]] = rev["data"]
+    assert set(found) == {"faster", "resampled"}
+    seed_metrics = {name: data["metrics"]["models/multitask/seed_11/metrics.json"]["data"]
+                    for name, data in found.items()}
+    assert seed_metrics["faster"] != seed_metrics["resampled"]
+    assert seed_metrics["resampled"]["train_examples"]["sst"] == 40  # the resampled rows
+    sst_rows = len(load_prepared(project / "data" / "prepared", "sst", "train"))
+    assert seed_metrics["faster"]["train_examples"]["sst"] == sst_rows > 40
+    assert found["resampled"]["params"]["params.yaml"]["data"]["data"]["seed"] == 5

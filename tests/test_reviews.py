@@ -1,5 +1,6 @@
 """Amazon review mining: reading both formats (plain, gz, malformed lines), the reservoir, length
-and label matching, centroid selection on hand-made embeddings, the embedding cache."""
+and label matching, centroid selection on hand-made embeddings, random selection, the embedding
+cache."""
 
 from __future__ import annotations
 
@@ -305,6 +306,101 @@ def test_candidate_cap_bounds_the_sample(tmp_path):
     with pytest.raises(ReviewsError, match="max_candidates_per_label"):
         mine_reviews(sst_table(), [path], replace(cfg, max_candidates_per_label=3), fake_encode,
                      cache_dir=None, progress=False)
+
+
+def refusing_encode(texts: list[str]) -> np.ndarray:
+    raise AssertionError("selection: random must embed nothing")
+
+
+def kept_cells(table: pd.DataFrame, targets: LengthLabelTargets) -> np.ndarray:
+    """Kept rows per (label, length bin), counted from the table's own texts."""
+    counts = np.zeros_like(targets.counts)
+    bins = targets.bins_of([word_count(s) for s in table["sentence"]])
+    np.add.at(counts, (table["label"].to_numpy(dtype=int), bins), 1)
+    return counts
+
+
+@pytest.mark.parametrize("per_label, max_candidates", [(16, None), (4, 6)])
+def test_random_selection_keeps_the_centroid_selections_counts(tmp_path, per_label,
+                                                               max_candidates):
+    path = reviews_file(tmp_path)
+    sst = sst_table()
+    cfg = ReviewsConfig(per_label=per_label, length_bins=2,
+                        max_candidates_per_label=max_candidates)
+    centroid = mine_reviews(sst, [path], cfg, fake_encode, cache_dir=None, progress=False)
+    rand = mine_reviews(sst, [path], replace(cfg, selection="random"), refusing_encode,
+                        cache_dir=None, progress=False)
+    targets = LengthLabelTargets.from_sst(list(sst.sentence), sst.label.to_numpy(), bins=2)
+    if per_label == 16:
+        # Label 0's quota of 12 short reviews exceeds its 10 distinct candidates.
+        assert kept_cells(centroid.table, targets)[0].tolist() == [10, 4]
+    assert (kept_cells(rand.table, targets) == kept_cells(centroid.table, targets)).all()
+    assert rand.report["kept_per_label_and_bin"] == centroid.report["kept_per_label_and_bin"]
+    assert rand.report["selection"] == "random" and centroid.report["selection"] == "centroid"
+    assert rand.report["newly_embedded"] == {"sst": 0, "candidates": 0}
+    assert rand.report["similarity_per_label"] == [None] * 5
+    t = rand.table
+    assert list(t.columns) == list(centroid.table.columns)
+    assert dict(t.dtypes.astype(str)) == dict(centroid.table.dtypes.astype(str))
+    assert t["score"].isna().all() and (t["method"] == "random").all()
+    assert centroid.table["score"].notna().all() and (centroid.table["method"] == "centroid").all()
+    assert t["id"].is_unique and (t["label"] == t["star_label"]).all()
+    assert len(rand.review_map) == 0
+    assert list(rand.review_map.columns) == list(centroid.review_map.columns)
+
+
+def test_random_selection_on_real_reviews_matches_centroid_counts(cs224n_dir, amazon_dir):
+    sst = pd.read_csv(cs224n_dir / "ids-sst-train.csv", sep="\t", usecols=["sentence",
+                                                                           "sentiment"])
+    sst = sst.rename(columns={"sentiment": "label"})
+    cfg = ReviewsConfig(per_label=40, length_bins=4, max_candidates_per_label=None)
+    paths = review_files(amazon_dir)
+    centroid = mine_reviews(sst, paths, cfg, fake_encode, cache_dir=None, progress=False)
+    rand = mine_reviews(sst, paths, replace(cfg, selection="random"), refusing_encode,
+                        cache_dir=None, progress=False)
+    targets = LengthLabelTargets.from_sst(list(sst.sentence), sst.label.to_numpy(), bins=4)
+    cells = kept_cells(centroid.table, targets)
+    assert (kept_cells(rand.table, targets) == cells).all()
+    assert cells.sum() > 100
+    # Same candidates, another draw: the two selections differ in the rows they keep.
+    assert set(rand.table["id"]) != set(centroid.table["id"])
+
+
+def test_random_selection_is_seeded_and_uniform(tmp_path):
+    path = reviews_file(tmp_path)
+    cfg = ReviewsConfig(per_label=8, length_bins=2, max_candidates_per_label=None,
+                        selection="random")
+
+    def kept_ids(seed: int) -> list[str]:
+        mined = mine_reviews(sst_table(), [path], replace(cfg, seed=seed), refusing_encode,
+                             cache_dir=None, progress=False)
+        return mined.table["id"].tolist()
+
+    assert kept_ids(11) == kept_ids(11)
+    assert set(kept_ids(12)) != set(kept_ids(11))
+    # Cell (label 2, 2 words): quota 2 of its 10 reviews, each kept with probability 1/5.
+    seeds = 200
+    hits: dict[str, int] = {}
+    for seed in range(seeds):
+        for rid in kept_ids(seed):
+            hits[rid] = hits.get(rid, 0) + 1
+    cell = [f"amazon-reviews-{line}" for line in range(1, 201)
+            if (line - 1) // 40 == 2 and (line - 1) % 4 == 0]
+    assert len(cell) == 10 and sum(hits.get(r, 0) for r in cell) == 2 * seeds
+    # sd of each frequency: sqrt(0.2 · 0.8 / 200) ≈ 0.028; 0.1 is > 3.5 sd.
+    assert all(abs(hits.get(r, 0) / seeds - 0.2) < 0.1 for r in cell)
+
+
+def test_centroid_selection_needs_an_encoder(tmp_path):
+    path = reviews_file(tmp_path)
+    cfg = ReviewsConfig(per_label=4, length_bins=2)
+    with pytest.raises(ReviewsError, match="selection is 'centroid'"):
+        mine_reviews(sst_table(), [path], cfg, None, cache_dir=None, progress=False)
+    with pytest.raises(AssertionError, match="must embed nothing"):
+        mine_reviews(sst_table(), [path], cfg, refusing_encode, cache_dir=None, progress=False)
+    rand = mine_reviews(sst_table(), [path], replace(cfg, selection="random"), None,
+                        cache_dir=None, progress=False)
+    assert rand.report["kept_per_label"] == [4, 4, 2, 2, 2]
 
 
 def test_embedding_cache_avoids_re_embedding(tmp_path):

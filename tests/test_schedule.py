@@ -176,10 +176,12 @@ def test_custom_first_epochs_only_custom_task_full_pass():
         assert epoch_tasks(cfg, SIZES, epoch, rng()) == ["qqp"] * SIZES["qqp"]
 
 
-def test_custom_first_epochs_fixed_length():
-    cfg = custom_config(100)
-    for epoch in (1, 2):
-        assert epoch_tasks(cfg, SIZES, epoch, rng()) == ["qqp"] * 100
+def test_custom_first_epochs_ignore_batches_per_epoch():
+    # The QQP-only phase covers its fraction in full, shorter or longer than a fixed epoch.
+    for steps in (100, SIZES["qqp"] * 3):
+        for epoch in (1, 2):
+            assert epoch_tasks(custom_config(steps), SIZES, epoch, rng()) == ["qqp"] * SIZES["qqp"]
+        assert len(epoch_tasks(custom_config(steps), SIZES, 3, rng())) == steps
 
 
 def test_custom_later_epochs_are_round_robin():

@@ -18,6 +18,7 @@ from pipeline.config import parse_params
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import MultitaskModel, cosine_distance
 from pipeline.train import (
+    PCGRAD_STEPS_FILE,
     Trainer,
     load_member_weights,
     load_tokenizer,
@@ -60,6 +61,7 @@ def synthetic_frames(n: int, seed: int) -> dict[str, dict[str, pd.DataFrame]]:
 def member_for(tiny_bert: Path, **train_overrides):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["backbone"] = str(tiny_bert)
+    raw["smart"]["lambda"] = 0.0  # the default recipe's SMART(10); tests opt in
     raw["train"].update({"epochs": 3, "batches_per_epoch": 6, "batch_size": 4,
                          "precision": "fp32", "schedule": "round_robin", **train_overrides})
     return parse_params(raw).models["multitask"]
@@ -72,9 +74,8 @@ def test_warmup_linear_decay_by_hand():
 
 
 def test_plan_custom_schedule_trains_a_fixed_fraction_then_round_robin(tiny_bert):
-    member = member_for(tiny_bert, schedule="custom", batches_per_epoch=None, epochs=3)
-    member = dataclasses.replace(member, train=dataclasses.replace(
-        member.train, custom=dataclasses.replace(member.train.custom, epochs=1, fraction=0.5)))
+    member = member_for(tiny_bert, schedule="custom", batches_per_epoch=None, epochs=3,
+                        custom={"task": "qqp", "fraction": 0.5, "epochs": 1})
     tokenizer = load_tokenizer(member.model.backbone)
     data = tokenize_member_data(synthetic_frames(20, 0), member, tokenizer)
     plan = plan_epochs(member, data.split("train"))
@@ -82,6 +83,18 @@ def test_plan_custom_schedule_trains_a_fixed_fraction_then_round_robin(tiny_bert
     assert len(plan.subsets[0]["qqp"]) == 10 and len(plan.subsets[1]["qqp"]) == 20
     assert plan.tasks[1][:3] == ["sst", "qqp", "sts"] and len(plan.tasks[1]) == 3 * 5
     assert plan.total_steps == 3 + 15 + 15
+
+
+def test_custom_phase_covers_its_fraction_in_full_whatever_the_epoch_length(tiny_bert, tmp_path):
+    # 2 batches per epoch, but the QQP-only epoch must see all 16 rows of 80% of 20, once each.
+    member = member_for(tiny_bert, schedule="custom", batches_per_epoch=2, epochs=2,
+                        custom={"task": "qqp", "fraction": 0.8, "epochs": 1})
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(20, 0), member, tokenizer)
+    trainer = Trainer(member, data, tokenizer, tmp_path)
+    assert trainer.plan.tasks[0] == ["qqp"] * 4 and trainer.plan.tasks[1] == ["sst", "qqp"]
+    seen = np.concatenate(list(trainer._batches(1)["qqp"]))
+    assert sorted(seen) == sorted(trainer.plan.subsets[0]["qqp"]) and len(seen) == 16
 
 
 def test_plan_with_pcgrad_takes_every_task_each_step(tiny_bert):
@@ -176,7 +189,9 @@ def test_task_step_loss_adds_weighted_contrastive_term(tiny_bert):
     u, v = (model.embed(enc) for enc in batch.singles)
     expected = 2.0 * (task_loss("qqp", model("qqp", batch.inputs), batch.labels, 0.0)
                       + 0.5 * contrastive_loss("qqp", cosine_distance(u, v), batch.labels, 0.5))
-    torch.testing.assert_close(task_step_loss(model, batch, member), expected)
+    loss, output = task_step_loss(model, batch, member)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(output, model("qqp", batch.inputs))
 
 
 def test_run_member_writes_outputs(tiny_bert, tmp_path):
@@ -213,3 +228,47 @@ def test_smart_and_pcgrad_train_through_the_trainer(tiny_bert, tmp_path):
     assert record["pcgrad/steps"] == 2
     assert {"pcgrad/projections/sst_to_qqp", "pcgrad/norm_change_pct/sts_to_sst"} <= set(record)
     assert all(math.isfinite(record[f"train_loss/{t}"]) for t in ("sst", "qqp", "sts"))
+
+
+def test_logged_train_metrics_score_the_training_outputs(tiny_bert, tmp_path, monkeypatch):
+    from scipy.stats import pearsonr
+
+    import pipeline.train as train_module
+
+    member = member_for(tiny_bert, epochs=1)
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(16, 7), member, tokenizer)
+    seen = {"sst": [], "qqp": [], "sts": []}
+
+    def recording(model, batch, member):
+        loss, output = task_step_loss(model, batch, member)
+        seen[batch.task].append((output.detach().float(), batch.labels))
+        return loss, output
+
+    monkeypatch.setattr(train_module, "task_step_loss", recording)
+    logged = Trainer(member, data, tokenizer, tmp_path).train_epoch(1)
+    out, y = ({t: torch.cat([pair[k] for pair in seen[t]]) for t in seen} for k in (0, 1))
+    assert logged["train/sst_acc"] == pytest.approx(
+        (out["sst"].argmax(-1) == y["sst"]).double().mean().item())
+    assert logged["train/qqp_acc"] == pytest.approx(
+        ((torch.sigmoid(out["qqp"]) >= 0.5).long() == y["qqp"]).double().mean().item())
+    assert logged["train/sts_pearson"] == pytest.approx(
+        pearsonr(out["sts"].numpy(), y["sts"].numpy()).statistic, rel=1e-6)
+
+
+def test_pcgrad_steps_of_the_first_mixed_epoch_land_in_the_live_dir(tiny_bert, tmp_path):
+    from dvclive import Live
+
+    member = member_for(tiny_bert, epochs=2)
+    member = dataclasses.replace(member, pcgrad=dataclasses.replace(member.pcgrad, enabled=True))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(16, 6), member, tokenizer)
+    with Live(dir=str(tmp_path / "live"), dvcyaml=None, save_dvc_exp=False) as live:
+        result = Trainer(member, data, tokenizer, tmp_path / "ck", live).fit()
+    steps = pd.read_csv(tmp_path / "live" / PCGRAD_STEPS_FILE, sep="\t")
+    assert list(steps["epoch"]) == [1, 1] and list(steps["step"]) == [1, 2]  # 6 batches / 3
+    first = result.history[0]
+    for column in steps.columns.drop(["epoch", "step"]):  # the epoch's figures, step by step
+        if column.startswith("projections/"):
+            assert steps[column].sum() == first[f"pcgrad/{column}"]
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "sst_acc.tsv").exists()

@@ -1,8 +1,9 @@
 """Few-shot relabeling of mined reviews by an LLM: scoring backends, a resumable cache, the table.
 
-BEST-FiT relabels the reviews kept by the centroid filter with Llama-3-8B. Here the answer is not
-generated but *scored*: for review r and the five label continuations a_0 … a_4 (one per SST
-label, :mod:`pipeline.augment.llm_prompt`),
+BEST-FiT relabels 5,000 of the reviews kept by the centroid filter with base Llama-3-8B and keeps
+every label (here a seeded sample of ``max_reviews``, and an optional ``min_confidence`` filter).
+The answer is not generated but *scored*: for review r and the five label continuations
+a_0 … a_4 (one per SST label, :mod:`pipeline.augment.llm_prompt`),
 
     log p(a_j | x) = Σ_t log softmax(f(x ⊕ a_j[:t]))[a_j[t]],     x = prefix ⊕ r ⊕ suffix,
     p_j = softmax_j(log p(a_j | x)),
@@ -400,10 +401,23 @@ def probabilities(logp: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sample_mask(ids: pd.Series, eligible: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Row mask of ``n`` of the ``eligible`` rows drawn uniformly without replacement by ``seed``
+    (all of them when ``n`` is None or at least their number). Rows are ordered by id first, so
+    the draw depends on the table's content, not its order."""
+    rows = np.flatnonzero(eligible)
+    if n is None or n >= len(rows):
+        return np.asarray(eligible, dtype=bool).copy()
+    rows = rows[np.argsort(ids.to_numpy(dtype=str)[rows], kind="stable")]
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[rows[np.random.default_rng(seed).permutation(len(rows))[:n]]] = True
+    return mask
+
+
 @dataclass(frozen=True)
 class LabelResult:
-    labeled: pd.DataFrame  # every non-empty review, in the ``llm`` table's schema
-    kept: pd.DataFrame  # the rows whose confidence is at least ``min_confidence``
+    labeled: pd.DataFrame  # the sampled non-empty reviews, in the ``llm`` table's schema
+    kept: pd.DataFrame  # the rows whose confidence is at least ``min_confidence`` (None: all)
     report: dict
 
 
@@ -416,19 +430,25 @@ def label_reviews(
     cache: LabelCache,
     model: str,
     batch_size: int,
-    min_confidence: float,
+    max_reviews: int | None,
+    seed: int,
+    min_confidence: float | None,
 ) -> LabelResult:
-    """Label every non-empty review (each distinct text once, cached ones not at all); keep those
-    whose confidence is at least ``min_confidence``; count what happened.
+    """Label ``max_reviews`` non-empty reviews drawn by ``seed`` (all when None; each distinct
+    text once, cached ones not at all); keep those whose confidence is at least
+    ``min_confidence`` (all when None); count what happened.
 
     Reviews are scored in order of token length so a batch pads little; each batch is appended to
     the cache before the next starts.
     """
     check_reviews(reviews, "reviews")
+    if max_reviews is not None and max_reviews < 1:
+        raise LabelError(f"augment.llm.max_reviews: expected null or >= 1, got {max_reviews}")
     key = f"{scorer.name}:{model}"
     texts = reviews["sentence"].astype("str").fillna("")
     empty = (texts.str.strip() == "").to_numpy()
-    hashes = [None if e else text_hash(t) for t, e in zip(texts, empty, strict=True)]
+    chosen = sample_mask(reviews["id"], ~empty, max_reviews, seed)
+    hashes = [text_hash(t) if c else None for t, c in zip(texts, chosen, strict=True)]
     known = cache.load(key, prompt.digest)
     cached_hits = sum(h is not None and h in known for h in hashes)
     todo: dict[str, str] = {}
@@ -449,7 +469,7 @@ def label_reviews(
         cache.append(key, prompt.digest, fresh)
         known.update(fresh)
 
-    rows = reviews.loc[~empty]
+    rows = reviews.loc[chosen]
     cached = [known[h] for h in hashes if h is not None]
     probs = probabilities(np.array([c.logp for c in cached]).reshape(-1, NUM_LABELS))
     labeled = pd.DataFrame({
@@ -463,15 +483,18 @@ def label_reviews(
         "star_label": rows["star_label"].to_numpy(),
         **{c: probs[:, j] for j, c in enumerate(PROB_COLUMNS)},
     }).astype(COLUMNS)
-    kept = labeled[labeled["score"] >= min_confidence].reset_index(drop=True)
+    kept = (labeled if min_confidence is None
+            else labeled[labeled["score"] >= min_confidence].reset_index(drop=True))
     report = {
         "backend": scorer.name,
         "model": model,
         "prompt_digest": prompt.digest,
+        "max_reviews": max_reviews,
         "min_confidence": min_confidence,
         "counts": {
             "total": len(reviews),
             "empty_skipped": int(empty.sum()),
+            "not_sampled": int((~empty & ~chosen).sum()),
             "truncated": sum(c.truncated for c in cached),
             "labeled": len(labeled),
             "kept": len(kept),

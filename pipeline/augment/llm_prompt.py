@@ -1,9 +1,14 @@
-"""The few-shot prompt that asks an instruction-tuned LLM for an SST label, as token ids.
+"""The few-shot prompt that asks an LLM for an SST label, as token ids.
 
-BEST-FiT relabels mined reviews with Llama-3-8B: an instruction ("label the sentence as
-negative_sentiment, …, positive_sentiment"), k examples from SST train stratified by label and
-drawn with a fixed seed (paper: 11), then the review. The answer is one of the five label names,
-scored by the backends in :mod:`pipeline.augment.llm_label`.
+BEST-FiT relabels mined reviews with Llama-3-8B (the base model): an instruction ("label the
+sentence as negative_sentiment, …, positive_sentiment"), k examples from SST train stratified by
+label and drawn with a fixed seed (paper: 11), then the review. The answer is one of the five
+label names, scored by the backends in :mod:`pipeline.augment.llm_label`.
+
+Two formats: ``plain``, a few-shot text continuation (instruction, then ``Sentence: … / Label: …``
+pairs), which a base model and an instruction-tuned one both continue; and ``chat``, the
+tokenizer's chat template, for instruction-tuned models only (a base Llama 3 never trained the
+embeddings of the template's header and end-of-turn tokens).
 
 The prompt is split around the review: ``prefix`` (instruction and examples, shared by every
 review, so a backend encodes it once), the quoted review, and ``suffix`` (closing the turn, up to
@@ -95,19 +100,23 @@ def _item(quoted: str) -> str:
     return f"Sentence: {quoted}"
 
 
-def build_template(tokenizer, shots: pd.DataFrame) -> PromptTemplate:
+def build_template(tokenizer, shots: pd.DataFrame, *, chat: bool = True) -> PromptTemplate:
     """Render the instruction, the shots and a slot for the review.
 
-    With a chat template: a system turn holding the instruction (folded into the first user turn
-    when the template has no system role), one user/assistant exchange per shot, the review's
-    user turn and the generation prompt; the answers are the bare label names. Without one: a
-    plain ``Sentence: … / Label: …`` listing, answers with a leading space.
+    ``chat``: the tokenizer's chat template renders a system turn holding the instruction (folded
+    into the first user turn when the template has no system role), one user/assistant exchange
+    per shot, the review's user turn and the generation prompt; the answers are the bare label
+    names. Otherwise: a plain ``Sentence: … / Label: …`` listing, answers with a leading space.
     """
     examples = [
         (quote(s), LABEL_NAMES[int(y)])
         for s, y in zip(shots["sentence"], shots["label"], strict=True)
     ]
-    chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            "augment.llm.prompt_format is 'chat' but the model's tokenizer has no chat template "
+            "(a base model?); expected prompt_format: plain"
+        )
     if chat:
         turns = []
         for quoted, name in examples:

@@ -18,6 +18,9 @@ centroids in a sentence-embedding space (all-MiniLM-L6-v2).
    scores cos(e_r, c_l) = e_r · c_l, and each cell keeps its q_lb best-scoring candidates, so
    the kept set follows SST's length distribution wherever the stream has enough reviews.
    Embeddings are cached by text hash, so a re-run with another ``per_label`` embeds nothing new.
+   ``selection: random`` (the paper's "random Amazon reviews", Table 3) fills the same cell
+   quotas with a seeded uniform draw from each cell's candidates instead: the same label counts
+   and length distribution, no encoder loaded, no similarity (``score`` null), no map.
 """
 
 from __future__ import annotations
@@ -502,11 +505,13 @@ def sample_candidates(
 
 def review_map(sst_emb: np.ndarray, sst_labels: np.ndarray, kept_emb: np.ndarray,
                kept_labels: np.ndarray, seed: int) -> pd.DataFrame:
-    """2-D PCA of SST train and kept-review embeddings (fit on both), for a scatter plot."""
+    """2-D PCA of SST train and kept-review embeddings (fit on both), for a scatter plot; no
+    rows when there are no embeddings."""
     from sklearn.decomposition import PCA
 
     points = np.vstack([sst_emb, kept_emb]) if len(kept_emb) else sst_emb
-    xy = PCA(n_components=2, random_state=seed).fit_transform(points).astype(np.float32)
+    xy = (PCA(n_components=2, random_state=seed).fit_transform(points) if len(points)
+          else np.zeros((0, 2))).astype(np.float32)
     return pd.DataFrame(
         {
             "x": np.round(xy[:, 0], 4),
@@ -521,32 +526,42 @@ def mine_reviews(
     sst: pd.DataFrame,
     paths: Sequence[Path],
     cfg: ReviewsConfig,
-    encode: Encoder,
+    encode: Encoder | None,
     cache_dir: Path | None,
     progress: bool = True,
 ) -> MinedReviews:
     """Steps 1–3 of the module docstring for a prepared SST train table (``sentence``,
-    ``label``) and review files ``paths``."""
+    ``label``) and review files ``paths``; ``encode`` is never called (and may be None) when
+    ``cfg.selection`` is ``random``."""
     check_config(cfg)
+    if cfg.selection == "centroid" and encode is None:
+        raise ReviewsError("augment.reviews.selection is 'centroid': a sentence encoder is needed")
     sst_labels = sst["label"].to_numpy(dtype=np.int64)
     targets = LengthLabelTargets.from_sst(list(sst["sentence"]), sst_labels, cfg.length_bins)
     label_quotas, quotas, capacities = plan_quotas(targets, cfg)
     candidates, stats, counts = sample_candidates(
         paths, targets, capacities, cfg.chunk_size, cfg.seed, progress
     )
-    sst_emb, sst_encoded = embed_cached(list(sst["sentence"]), encode, cache_dir)
-    centroids = label_centroids(sst_emb, sst_labels)
-    cand_emb, cand_encoded = embed_cached([r.text for r in candidates], encode, cache_dir)
     cand_labels = np.array([r.label for r in candidates], dtype=np.int64)
     cand_cells = cand_labels * targets.n_bins + targets.bins_of([r.words for r in candidates])
-    scores = (
-        centroid_similarity(cand_emb, cand_labels, centroids) if candidates else np.zeros(0)
-    )
     cell_quota = {
         lab * targets.n_bins + b: int(quotas[lab, b])
         for lab in range(N_LABELS) for b in range(targets.n_bins)
     }
-    kept = top_per_group(scores, cand_cells, cell_quota)
+    if cfg.selection == "centroid":
+        sst_emb, sst_encoded = embed_cached(list(sst["sentence"]), encode, cache_dir)
+        centroids = label_centroids(sst_emb, sst_labels)
+        cand_emb, cand_encoded = embed_cached([r.text for r in candidates], encode, cache_dir)
+        scores = (
+            centroid_similarity(cand_emb, cand_labels, centroids) if candidates else np.zeros(0)
+        )
+        kept = top_per_group(scores, cand_cells, cell_quota)
+    else:
+        # The q_lb highest of i.i.d. uniform keys are a uniform random q_lb-subset of the cell.
+        keys = np.random.default_rng(cfg.seed).random(len(candidates))
+        kept = top_per_group(keys, cand_cells, cell_quota)
+        scores = np.full(len(candidates), np.nan)
+        sst_encoded = cand_encoded = 0
 
     rows = [candidates[i] for i in kept]
     table = pd.DataFrame(
@@ -556,7 +571,8 @@ def mine_reviews(
             "label": pd.Series([r.label for r in rows], dtype="Int8"),
             "source": pd.Series(["amazon"] * len(rows), dtype="str"),
             "source_id": pd.Series([f"{r.asin}/{r.reviewer}" for r in rows], dtype="str"),
-            "method": pd.Series(["centroid"] * len(rows), dtype="str"),
+            "method": pd.Series([cfg.selection] * len(rows), dtype="str"),
+            # NaN (random selection: no similarity) becomes null in the nullable Float32.
             "score": pd.Series(scores[kept], dtype="Float32"),
             "asin": pd.Series([r.asin for r in rows], dtype="str"),
             "reviewer": pd.Series([r.reviewer for r in rows], dtype="str"),
@@ -568,6 +584,7 @@ def mine_reviews(
     kept_cells = np.zeros((N_LABELS, targets.n_bins), dtype=np.int64)
     np.add.at(kept_cells, (cand_labels[kept], cand_cells[kept] % targets.n_bins), 1)
     report = {
+        "selection": cfg.selection,
         "files": [vars(f) for f in stats.files],
         "lines": stats.total("lines"),
         "reviews": stats.total("reviews"),
@@ -593,12 +610,14 @@ def mine_reviews(
             _summary(scores[kept][cand_labels[kept] == lab]) for lab in range(N_LABELS)
         ],
     }
-    kept_emb = cand_emb[kept] if len(kept) else np.zeros((0, sst_emb.shape[1]), np.float32)
-    return MinedReviews(
-        table=table,
-        review_map=review_map(sst_emb, sst_labels, kept_emb, cand_labels[kept], cfg.seed),
-        report=report,
-    )
+    if cfg.selection == "random":
+        # Nothing was embedded: the map keeps its columns and has no points.
+        empty = np.zeros((0, 0), np.float32)
+        points = review_map(empty, sst_labels[:0], empty, cand_labels[:0], cfg.seed)
+    else:
+        kept_emb = cand_emb[kept] if len(kept) else np.zeros((0, sst_emb.shape[1]), np.float32)
+        points = review_map(sst_emb, sst_labels, kept_emb, cand_labels[kept], cfg.seed)
+    return MinedReviews(table=table, review_map=points, report=report)
 
 
 def _tv_distance(p: np.ndarray, q: np.ndarray) -> float | None:
@@ -609,7 +628,7 @@ def _tv_distance(p: np.ndarray, q: np.ndarray) -> float | None:
 
 
 def _summary(values: np.ndarray) -> dict[str, float] | None:
-    if len(values) == 0:
+    if len(values) == 0 or np.isnan(values).all():
         return None
     return {"min": round(float(values.min()), 4), "mean": round(float(values.mean()), 4),
             "max": round(float(values.max()), 4)}

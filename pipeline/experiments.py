@@ -1,0 +1,348 @@
+"""The paper's tables as DVC experiments: overrides per run, queue commands, and the report.
+
+``experiments/paper.yaml`` names each run as a set of ``-S`` overrides and each row of the paper's
+tables with its run and the paper's dev scores. A run at a scale is ``base ⊕ scale.set ⊕ run``
+(later keys win, nested mappings flattened to dotted keys first), trained for the scale's seeds.
+
+The report compares every row with its table's reference run, seed by seed. Seed noise σ_t of
+task t is pooled over every run of the matrix with n ≥ 2 seeds,
+
+    σ_t² = Σ_r (n_r − 1)·s_r² / Σ_r (n_r − 1),
+
+and a row's Δ = mean over the seeds both runs share of (row_s − ref_s) is *beyond noise* when
+|Δ| > 2·σ_t·√(2/n) (the standard error of a difference of two n-seed means, ≈ 95%) and every
+paired difference has Δ's sign. The paper's direction of effect reproduces when our Δ is beyond
+noise with the paper's sign.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.seeds import aggregate
+
+TASK_METRICS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_pearson"}
+DEFAULT_MEMBER = "multitask"
+# The paper calls an effect below half a point "no change" when it discusses its tables.
+PAPER_NO_EFFECT = 0.005
+SEED_METRICS = re.compile(r"models/(?P<member>[^/]+)/seed_(?P<seed>\d+)/metrics\.json$")
+
+
+class ExperimentsError(ValueError):
+    """The experiments file is inconsistent; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    set: dict[str, Any]
+    seeds: list[int]
+    seeds_for: dict[str, list[int]] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str
+    name: str
+    run: str
+    paper: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Experiments:
+    base: dict[str, Any]
+    scales: dict[str, Scale]
+    runs: dict[str, dict[str, Any]]
+    members: dict[str, list[str]]
+    references: dict[str, str]
+    rows: list[Row]
+
+    def seeds(self, scale: str, run: str) -> list[int]:
+        return self.scales[scale].seeds_for.get(run, self.scales[scale].seeds)
+
+    def scale_runs(self, scale: str) -> list[str]:
+        return [run for run in self.runs if run not in self.scales[scale].skip]
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → dotted keys: ``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_experiments(path: str | Path) -> Experiments:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key in ("base", "scales", "runs", "tables"):
+        if not isinstance(raw.get(key), Mapping):
+            raise ExperimentsError(f"{path}: {key}: expected a mapping")
+    runs = {name: flatten(spec or {}) for name, spec in raw["runs"].items()}
+    scales = {}
+    for name, spec in raw["scales"].items():
+        seeds = spec.get("seeds")
+        if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ExperimentsError(f"{path}: scales.{name}.seeds: expected distinct integers")
+        unknown = sorted((set(spec.get("skip", [])) | set(spec.get("seeds_for", {}))) - set(runs))
+        if unknown:
+            raise ExperimentsError(f"{path}: scales.{name}: unknown run(s) {unknown}")
+        scales[name] = Scale(set=flatten(spec.get("set") or {}), seeds=list(seeds),
+                             seeds_for=dict(spec.get("seeds_for") or {}),
+                             skip=list(spec.get("skip") or []))
+    rows, references = [], {}
+    for table, spec in raw["tables"].items():
+        references[table] = spec.get("reference")
+        if references[table] not in runs:
+            raise ExperimentsError(
+                f"{path}: tables.{table}.reference: {references[table]!r} is not a run")
+        for name, row in spec["rows"].items():
+            if row.get("run") not in runs:
+                raise ExperimentsError(
+                    f"{path}: tables.{table}.rows.{name}.run: {row.get('run')!r} is not a run")
+            paper = {task: float(v) for task, v in (row.get("paper") or {}).items()}
+            unknown = sorted(set(paper) - set(TASK_METRICS))
+            if unknown:
+                raise ExperimentsError(f"{path}: tables.{table}.rows.{name}.paper: unknown "
+                                       f"task(s) {unknown}; known: {list(TASK_METRICS)}")
+            rows.append(Row(table, name, row["run"], paper))
+    members = {run: list(names) for run, names in (raw.get("members") or {}).items()}
+    return Experiments(flatten(raw["base"]), scales, runs, members, references, rows)
+
+
+def run_overrides(spec: Experiments, scale: str, run: str, data_dir: str | Path | None = None,
+                  wordnet_dir: str | Path | None = None) -> dict[str, Any]:
+    """The params a run sets at a scale: base ⊕ scale ⊕ run, with the data sources (and the
+    WordNet dir EDA reads) as absolute paths: queued experiments run in a temporary copy of the
+    repository that holds only its git-tracked files."""
+    if scale not in spec.scales:
+        raise ExperimentsError(f"unknown scale {scale!r}; known: {sorted(spec.scales)}")
+    if run not in spec.runs:
+        raise ExperimentsError(f"unknown run {run!r}; known: {sorted(spec.runs)}")
+    overrides = {**spec.base, **spec.scales[scale].set}
+    for key, value in spec.runs[run].items():
+        # A run's key replaces any finer keys below it (train.custom replaces train.custom.*).
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(f"{key}.")}
+        overrides[key] = value
+    if data_dir is not None:
+        data_dir = Path(data_dir).resolve()
+        overrides["data.source"] = str(data_dir / "cs224n")
+        overrides["augment.reviews.source"] = str(data_dir / "amazon")
+    if wordnet_dir is not None:
+        overrides["augment.eda.wordnet_dir"] = str(Path(wordnet_dir).resolve())
+    overrides["seeds"] = spec.seeds(scale, run)
+    return overrides
+
+
+def hydra_value(value: Any) -> str:
+    """A value in the override grammar of ``dvc exp run -S`` (Hydra's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z0-9_./\-+]+", text) and not re.fullmatch(r"[-+.0-9eE]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def exp_name(scale: str, run: str) -> str:
+    return f"{scale}-{run}"
+
+
+def queue_command(spec: Experiments, scale: str, run: str, data_dir: str | Path | None = None,
+                  wordnet_dir: str | Path | None = None) -> list[str]:
+    """``dvc exp run --queue`` of one run: its overrides and, as targets, the train stages of
+    its members for its seeds (nothing else of the DAG that they do not need)."""
+    overrides = run_overrides(spec, scale, run, data_dir, wordnet_dir)
+    command = ["dvc", "exp", "run", "--queue", "--name", exp_name(scale, run)]
+    for key, value in overrides.items():
+        # `++` sets a key whether params.yaml has it or not.
+        command += ["-S", f"++{key}={hydra_value(value)}"]
+    members = spec.members.get(run, [DEFAULT_MEMBER])
+    command += [f"train@{member}-{seed}" for member in members for seed in overrides["seeds"]]
+    return command
+
+
+def collect(exp_show: Any, scale: str) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """Per-seed metrics of every experiment named ``<scale>-<run>`` in ``dvc exp show --json``
+    output: {run: {member: {seed: metrics}}}. The newest experiment of a name wins."""
+    found: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    prefix = f"{scale}-"
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+            return
+        if not isinstance(node, Mapping):
+            return
+        data, name = node.get("data"), node.get("name")
+        if isinstance(data, Mapping) and isinstance(name, str) and name.startswith(prefix):
+            run = name[len(prefix):]
+            if run not in found:
+                for path, entry in (data.get("metrics") or {}).items():
+                    match = SEED_METRICS.search(path.replace("\\", "/"))
+                    values = (entry or {}).get("data") if isinstance(entry, Mapping) else None
+                    if match and isinstance(values, Mapping):
+                        found.setdefault(run, {}).setdefault(match["member"], {})[
+                            int(match["seed"])] = {k: float(v) for k, v in values.items()
+                                                   if isinstance(v, (int, float))}
+        for value in node.values():
+            visit(value)
+
+    visit(exp_show)
+    return found
+
+
+def pooled_seed_sd(per_run: Iterable[Mapping[int, float]]) -> float | None:
+    """σ pooled over runs: √(Σ (n_r − 1)·s_r² / Σ (n_r − 1)); None without any n_r ≥ 2."""
+    num = dof = 0.0
+    for values in per_run:
+        xs = list(values.values())
+        if len(xs) >= 2:
+            mean = sum(xs) / len(xs)
+            num += sum((x - mean) ** 2 for x in xs)
+            dof += len(xs) - 1
+    return math.sqrt(num / dof) if dof else None
+
+
+def paired_delta(row: Mapping[int, float], ref: Mapping[int, float],
+                 sigma: float | None) -> dict[str, Any]:
+    """Δ = mean over shared seeds of (row − ref), and whether it exceeds seed noise."""
+    seeds = sorted(set(row) & set(ref))
+    if not seeds:
+        return {"delta": None, "n": 0, "beyond_noise": False, "threshold": None}
+    diffs = [row[s] - ref[s] for s in seeds]
+    delta = sum(diffs) / len(diffs)
+    threshold = None if sigma is None else 2 * sigma * math.sqrt(2 / len(seeds))
+    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    beyond = threshold is not None and len(seeds) >= 2 and same_sign and abs(delta) > threshold
+    return {"delta": delta, "n": len(seeds), "beyond_noise": beyond, "threshold": threshold}
+
+
+def direction(paper_delta: float | None, ours: Mapping[str, Any], is_reference: bool) -> str:
+    """Whether the paper's direction of effect reproduces here."""
+    if is_reference:
+        return "reference"
+    if ours["delta"] is None:
+        return "not run"
+    if paper_delta is None:
+        return "beyond noise" if ours["beyond_noise"] else "within noise"
+    if abs(paper_delta) < PAPER_NO_EFFECT:
+        return "differs (paper: none)" if ours["beyond_noise"] else "yes (no effect)"
+    if not ours["beyond_noise"]:
+        return "within noise"
+    return "yes" if (paper_delta > 0) == (ours["delta"] > 0) else "opposite"
+
+
+def build_report(spec: Experiments, scale: str,
+                 results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]]
+                 ) -> dict[str, Any]:
+    """Rows with our mean ± sd, the paper's scores, Δ vs the reference and the verdicts."""
+    def seed_values(run: str, task: str) -> dict[int, float]:
+        member = spec.members.get(run, [DEFAULT_MEMBER])[0]
+        per_seed = results.get(run, {}).get(member, {})
+        return {s: m[TASK_METRICS[task]] for s, m in per_seed.items() if TASK_METRICS[task] in m}
+
+    sigma = {task: pooled_seed_sd(seed_values(run, task) for run in results)
+             for task in TASK_METRICS}
+    paper_ref = {}
+    for row in spec.rows:
+        if row.run == spec.references[row.table] and row.table not in paper_ref:
+            paper_ref[row.table] = row.paper
+    rows = []
+    for row in spec.rows:
+        if row.run in spec.scales[scale].skip:
+            continue
+        ref_run = spec.references[row.table]
+        entry: dict[str, Any] = {"table": row.table, "row": row.name, "run": row.run,
+                                 "reference": ref_run, "paper": row.paper}
+        for task in TASK_METRICS:
+            values = seed_values(row.run, task)
+            ours = paired_delta(values, seed_values(ref_run, task), sigma[task])
+            paper_base = paper_ref.get(row.table, {}).get(task)
+            paper_delta = (row.paper[task] - paper_base
+                           if task in row.paper and paper_base is not None else None)
+            stats = aggregate([{"v": v} for v in values.values()])["v"] if values else None
+            entry[task] = {"seeds": {str(s): v for s, v in sorted(values.items())},
+                           **(stats or {"mean": None, "sd": None, "n": 0}),
+                           "delta": ours, "paper_delta": paper_delta,
+                           "reproduces": direction(paper_delta, ours, row.run == ref_run)}
+        rows.append(entry)
+    return {"scale": scale, "seed_sd": sigma, "rows": rows}
+
+
+def _fmt(stats: Mapping[str, Any]) -> str:
+    if not stats["n"]:
+        return "—"
+    sd = stats["sd"]
+    return f"{stats['mean']:.3f} ± {sd:.3f}" if sd is not None else f"{stats['mean']:.3f}"
+
+
+def _fmt_delta(stats: Mapping[str, Any]) -> str:
+    delta = stats["delta"]
+    if delta["delta"] is None:
+        return "—"
+    return f"{delta['delta']:+.3f}{'*' if delta['beyond_noise'] else ''}"
+
+
+def report_markdown(report: Mapping[str, Any], header: str) -> str:
+    """The report as Markdown: one section per table."""
+    sigma = ", ".join(f"{task} {value:.4f}" if value is not None else f"{task} —"
+                      for task, value in report["seed_sd"].items())
+    lines = [header, "", f"Seed noise σ pooled over the matrix: {sigma}. Δ is paired by seed "
+             "against the table's reference run; * marks a Δ beyond noise "
+             "(|Δ| > 2σ√(2/n), every seed with the same sign). `reproduces` says whether the "
+             "paper's direction of effect holds here.", ""]
+    table = None
+    for row in report["rows"]:
+        if row["table"] != table:
+            table = row["table"]
+            lines += ["", f"### {table}", "",
+                      "| row | run | n | SST | QQP | STS | paper SST / QQP / STS | Δ SST | Δ QQP "
+                      "| Δ STS | reproduces (SST / QQP / STS) |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        paper = " / ".join(f"{row['paper'][t]:.3f}" if t in row["paper"] else "—"
+                           for t in TASK_METRICS)
+        n = max(row[t]["n"] for t in TASK_METRICS)
+        verdicts = " / ".join(row[t]["reproduces"] for t in TASK_METRICS)
+        lines.append(f"| {row['row']} | `{row['run']}` | {n} | "
+                     + " | ".join(_fmt(row[t]) for t in TASK_METRICS)
+                     + f" | {paper} | " + " | ".join(_fmt_delta(row[t]) for t in TASK_METRICS)
+                     + f" | {verdicts} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One entry per distinct run, in report order, for the report's PNG."""
+    seen, rows = set(), []
+    for row in report["rows"]:
+        if row["run"] in seen or not any(row[t]["n"] for t in TASK_METRICS):
+            continue
+        seen.add(row["run"])
+        rows.append({"row": row["run"], "paper": row["paper"],
+                     **{t: {k: row[t][k] for k in ("mean", "sd", "n")} for t in TASK_METRICS}})
+    return rows
+
+
+def to_json(report: Mapping[str, Any]) -> str:
+    return json.dumps(report, indent=2) + "\n"
