@@ -17,6 +17,7 @@ noise with the paper's sign.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -144,6 +145,21 @@ def run_overrides(spec: Experiments, scale: str, run: str, data_dir: str | Path 
         overrides["augment.eda.wordnet_dir"] = str(Path(wordnet_dir).resolve())
     overrides["seeds"] = spec.seeds(scale, run)
     return overrides
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` (parsed params.yaml) with every dotted key of ``overrides`` set, as ``-S ++key=v``
+    does: missing parents are created, values replace what is there."""
+    params = copy.deepcopy(dict(raw))
+    for key, value in overrides.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = copy.deepcopy(value)
+    return params
 
 
 def hydra_value(value: Any) -> str:

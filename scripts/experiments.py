@@ -14,19 +14,27 @@ reads `dvc exp show --json` (or `--exp-show FILE`) and writes reports/paper_<sca
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import yaml
+
 from pipeline.experiments import (
+    DEFAULT_MEMBER,
     ExperimentsError,
+    apply_overrides,
     build_report,
     collect,
     figure_rows,
     load_experiments,
     queue_command,
     report_markdown,
+    run_overrides,
     to_json,
 )
 from pipeline.figures import report_figure
@@ -43,20 +51,128 @@ def queue(args: argparse.Namespace) -> None:
             subprocess.run(command, check=True)
 
 
+def _digest(params: dict, keys: list[str]) -> str:
+    text = json.dumps({k: params.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _sh(command: list[str], log: Path) -> None:
+    with log.open("a") as out:
+        out.write("$ " + " ".join(command) + "\n")
+        out.flush()
+        if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"{' '.join(command[:3])} failed; see {log}")
+
+
+def _upstream(params_file: Path, params: dict, members: list[str], root: Path
+              ) -> tuple[Path, Path]:
+    """prepare, and the augmentation stages the members use, for one params set, shared by
+    every run whose data and augment sections are the same (the cmds of dvc.yaml)."""
+    sources = {s for m in members for s in params["models"][m].get("augment") or []}
+    data_dir = root / "_data" / _digest(params, ["data"])
+    prepared = data_dir / "prepared"
+    if not prepared.is_dir():
+        _sh([sys.executable, "stages/prepare.py", "--source", params["data"]["source"],
+             "--out", str(prepared), "--params", str(params_file)], root / "upstream.log")
+    augmented = data_dir / _digest(params, ["augment"]) / "augmented"
+    log = root / "upstream.log"
+    if "eda" in sources and not (augmented / "eda.parquet").is_file():
+        _sh([sys.executable, "stages/augment_eda.py", "--prepared", str(prepared),
+             "--out", str(augmented), "--params", str(params_file)], log)
+    if sources & {"amazon", "llm"} and not (augmented / "amazon.parquet").is_file():
+        _sh([sys.executable, "stages/filter_reviews.py", "--source",
+             params["augment"]["reviews"]["source"], "--prepared", str(prepared), "--out",
+             str(augmented), "--params", str(params_file), "--no-progress"], log)
+    if "llm" in sources and not (augmented / "reviews_labeled.parquet").is_file():
+        _sh([sys.executable, "stages/label_reviews.py", "--reviews",
+             str(augmented / "amazon.parquet"), "--sst-train",
+             str(prepared / "sst_train.parquet"), "--out",
+             str(augmented / "reviews_labeled.parquet"), "--report",
+             str(augmented / "label_report.json"), "--confusion",
+             str(augmented / "label_confusion.csv"), "--params", str(params_file)], log)
+    return prepared, augmented
+
+
+def run_direct(args: argparse.Namespace) -> None:
+    spec = load_experiments(args.experiments)
+    runs = args.runs.split(",") if args.runs else spec.scale_runs(args.scale)
+    raw = yaml.safe_load(Path(args.params).read_text())
+    root = args.out.resolve()
+    plans = []
+    for run in runs:
+        overrides = run_overrides(spec, args.scale, run, args.data, args.wordnet)
+        for assignment in args.set:
+            key, _, value = assignment.partition("=")
+            overrides[key] = yaml.safe_load(value)
+        params = apply_overrides(raw, overrides)
+        run_dir = root / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        params_file = run_dir / "params.yaml"
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        plans.append((run, params, params_file, run_dir))
+    # Upstream stages first, one at a time (runs share them), then the trainings in parallel.
+    upstream = {run: _upstream(params_file, params, spec.members.get(run, [DEFAULT_MEMBER]),
+                               root) for run, params, params_file, _ in plans}
+
+    def train(plan: tuple) -> None:
+        run, params, params_file, run_dir = plan
+        prepared, augmented = upstream[run]
+        for member in spec.members.get(run, [DEFAULT_MEMBER]):
+            for seed in params["seeds"]:
+                out = run_dir / "models" / member / f"seed_{seed}"
+                if (out / "metrics.json").is_file():
+                    continue
+                _sh([sys.executable, "stages/train.py", member, "--seed", str(seed),
+                     "--prepared", str(prepared), "--augmented", str(augmented),
+                     "--out", str(out), "--checkpoints", str(run_dir / "checkpoints" / member
+                                                            / f"seed_{seed}"),
+                     "--params", str(params_file), *(["--no-live"] if args.no_live else [])],
+                    run_dir / "train.log")
+                print(f"{run} {member} seed {seed}: done", flush=True)
+
+    lock = threading.Lock()
+
+    def write_results() -> int:
+        """results.json from every finished seed so far (rewritten as runs finish, so a run
+        cut short by a time limit keeps what it finished)."""
+        results: dict = {}
+        for run, _, _, run_dir in plans:
+            for path in sorted(run_dir.glob("models/*/seed_*/metrics.json")):
+                member, seed = path.parent.parent.name, int(path.parent.name[len("seed_"):])
+                metrics = json.loads(path.read_text())
+                results.setdefault(run, {}).setdefault(member, {})[seed] = {
+                    k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        with lock:
+            write_text(json.dumps(results, indent=2) + "\n", root / "results.json")
+        return len(results)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(train, plan): plan[0] for plan in plans}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except RuntimeError as exc:
+                print(f"{futures[future]} failed: {exc}", flush=True)
+            write_results()
+    print(f"wrote {root / 'results.json'} ({write_results()} runs)")
+
+
 def report(args: argparse.Namespace) -> None:
     spec = load_experiments(args.experiments)
-    if args.exp_show:
-        exp_show = json.loads(Path(args.exp_show).read_text())
+    if args.results:
+        results = {run: {member: {int(seed): m for seed, m in seeds.items()}
+                         for member, seeds in members.items()}
+                   for run, members in json.loads(Path(args.results).read_text()).items()}
     else:
-        exp_show = json.loads(subprocess.run(
-            ["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True,
-            text=True).stdout)
-    results = collect(exp_show, args.scale)
+        exp_show = json.loads(Path(args.exp_show).read_text()) if args.exp_show else json.loads(
+            subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
+                           capture_output=True, text=True).stdout)
+        results = collect(exp_show, args.scale)
     built = build_report(spec, args.scale, results)
     out = Path(args.out or f"reports/paper_{args.scale}")
     header = (f"## BEST-FiT's dev tables at the `{args.scale}` scale\n\n"
               f"Runs: `{args.experiments}` (scale `{args.scale}`); dev scores of the best epoch, "
-              "mean ± sd over seeds.")
+              f"mean ± sd over seeds. {args.title}".rstrip())
     write_text(to_json(built), out.with_suffix(".json"))
     write_text(report_markdown(built, header), out.with_suffix(".md"))
     report_figure(figure_rows(built), out.with_suffix(".png"))
@@ -77,10 +193,24 @@ def main() -> None:
     r = commands.add_parser("report", help="write the report from dvc exp show")
     r.add_argument("--scale", required=True)
     r.add_argument("--exp-show", help="a saved `dvc exp show --json` output")
+    r.add_argument("--results", help="results.json of `run` (instead of dvc exp show)")
+    r.add_argument("--title", default="", help="a line under the heading (e.g. the machine)")
     r.add_argument("--out", help="output path without suffix (default reports/paper_<scale>)")
+    d = commands.add_parser("run", help="run a scale's runs without DVC, in parallel jobs")
+    d.add_argument("--scale", required=True)
+    d.add_argument("--data", type=Path, required=True,
+                   help="directory holding cs224n/ and amazon/")
+    d.add_argument("--wordnet", type=Path, default=Path("data/nltk_data"))
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--runs", help="comma-separated runs (default: every run of the scale)")
+    d.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    d.add_argument("--params", default="params.yaml")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override applied after the run's (e.g. a local backbone dir)")
+    d.add_argument("--no-live", action="store_true", help="train without DVCLive")
     args = parser.parse_args()
     try:
-        (queue if args.command == "queue" else report)(args)
+        {"queue": queue, "report": report, "run": run_direct}[args.command](args)
     except ExperimentsError as exc:
         sys.exit(f"experiments: {exc}")
 

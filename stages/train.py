@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dvclive import Live
-
 from pipeline.config import ConfigError, load_params, member_for_seed
 from pipeline.train import member_frames, run_member
 
@@ -30,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-live", action="store_true",
+                        help="no DVCLive per-epoch log (for machines without dvclive)")
     return parser
 
 
@@ -40,8 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(f"train: {exc}") from exc
     frames = member_frames(member, args.prepared, args.augmented)
-    with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
-        metrics = run_member(member, frames, args.out, args.checkpoints, live)
+    if args.no_live:
+        metrics = run_member(member, frames, args.out, args.checkpoints)
+    else:
+        # Imported here: a machine without DVC (a bare GPU box) trains with --no-live.
+        from dvclive import Live
+
+        with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
+            metrics = run_member(member, frames, args.out, args.checkpoints, live)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

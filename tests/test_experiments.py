@@ -3,8 +3,10 @@ tables, overrides merge in order, exp-show parsing, the seed-noise rule and the 
 
 from __future__ import annotations
 
-import copy
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 from pipeline.config import parse_params
 from pipeline.experiments import (
+    apply_overrides,
     build_report,
     collect,
     direction,
@@ -27,17 +30,6 @@ from pipeline.experiments import (
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments" / "paper.yaml"
 PAPER_TABLES = ROOT.parent / "shared" / "paper" / "tables.yaml"
-
-
-def apply_overrides(raw: dict, overrides: dict) -> dict:
-    params = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = copy.deepcopy(value)
-    return params
 
 
 @pytest.mark.parametrize("scale", ["cpu", "paper"])
@@ -185,3 +177,54 @@ def test_report_on_hand_results(tmp_path):
     assert report["rows"][0]["sst"]["reproduces"] == "reference"
     text = report_markdown(report, "# r")
     assert "| smart | `up` | 2 | 0.410 ± 0.014 |" in text and "-0.100*" in text
+
+
+def test_apply_overrides_sets_dotted_keys_without_touching_the_source():
+    raw = {"train": {"lr": 1.0, "custom": {"epochs": 2}}, "data": {"train_rows": {}}}
+    params = apply_overrides(raw, {"train.custom.epochs": 1, "data.train_rows.qqp": 5,
+                                   "seeds": [1, 2], "model.pooling": "mean"})
+    assert params == {"train": {"lr": 1.0, "custom": {"epochs": 1}},
+                      "data": {"train_rows": {"qqp": 5}}, "seeds": [1, 2],
+                      "model": {"pooling": "mean"}}
+    assert raw == {"train": {"lr": 1.0, "custom": {"epochs": 2}}, "data": {"train_rows": {}}}
+
+
+def test_run_without_dvc_then_report(tmp_path, tiny_bert, cs224n_dir, amazon_dir):
+    data = tmp_path / "data"
+    (data / "cs224n").mkdir(parents=True)
+    for src in cs224n_dir.glob("*.csv"):
+        lines = src.read_text().splitlines(keepends=True)[:41]
+        (data / "cs224n" / src.name).write_text("".join(lines))
+    (data / "amazon").mkdir()
+    experiments = tmp_path / "paper.yaml"
+    experiments.write_text(yaml.safe_dump({
+        "base": {"smart.lambda": 0.0, "train.schedule": "round_robin", "train.epochs": 1,
+                 "train.batches_per_epoch": 2, "train.batch_size": 4, "train.precision": "fp32"},
+        "scales": {"tiny": {"set": {"model.backbone": str(tiny_bert)}, "seeds": [1, 2]}},
+        "runs": {"ref": {}, "fast": {"train.lr": 1.0e-3}},
+        "tables": {"t": {"reference": "ref", "rows": {
+            "ref": {"run": "ref", "paper": {"sst": 0.5}},
+            "fast": {"run": "fast", "paper": {"sst": 0.4}}}}},
+    }))
+    script = [sys.executable, "scripts/experiments.py", "--experiments", str(experiments)]
+    out = tmp_path / "runs"
+    subprocess.run([*script, "run", "--scale", "tiny", "--data", str(data), "--out", str(out),
+                    "--jobs", "2", "--no-live", "--set", "train.eval_batch_size=16"],
+                   cwd=ROOT, check=True, capture_output=True)
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results) == ["fast", "ref"]
+    for run in results:
+        assert sorted(results[run]["multitask"]) == ["1", "2"]
+        metrics = json.loads((out / run / "models/multitask/seed_2/metrics.json").read_text())
+        assert results[run]["multitask"]["2"]["sst_acc"] == metrics["sst_acc"]
+    params = yaml.safe_load((out / "fast" / "params.yaml").read_text())
+    assert params["train"]["lr"] == 1.0e-3 and params["train"]["eval_batch_size"] == 16
+    assert params["seeds"] == [1, 2] and params["data"]["source"] == str(data / "cs224n")
+    subprocess.run([*script, "report", "--scale", "tiny", "--results", str(out / "results.json"),
+                    "--out", str(tmp_path / "report")], cwd=ROOT, check=True, capture_output=True)
+    report = json.loads((tmp_path / "report.json").read_text())
+    fast = next(row for row in report["rows"] if row["row"] == "fast")
+    assert fast["sst"]["n"] == 2 and fast["sst"]["seeds"] == {
+        s: results["fast"]["multitask"][s]["sst_acc"] for s in ("1", "2")}
+    assert "| fast | `fast` | 2 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
