@@ -275,9 +275,14 @@ def build_report(spec: Experiments, scale: str,
                  ) -> dict[str, Any]:
     """Rows with our mean ± sd, the paper's scores, Δ vs the reference and the verdicts."""
     def seed_values(run: str, task: str) -> dict[int, float]:
-        member = spec.members.get(run, [DEFAULT_MEMBER])[0]
-        per_seed = results.get(run, {}).get(member, {})
-        return {s: m[TASK_METRICS[task]] for s, m in per_seed.items() if TASK_METRICS[task] in m}
+        """A task's score per seed, from the first of the run's members trained on it."""
+        metric = TASK_METRICS[task]
+        for member in spec.members.get(run, [DEFAULT_MEMBER]):
+            per_seed = results.get(run, {}).get(member, {})
+            values = {s: m[metric] for s, m in per_seed.items() if metric in m}
+            if values:
+                return values
+        return {}
 
     sigma = {task: pooled_seed_sd(seed_values(run, task) for run in results)
              for task in TASK_METRICS}

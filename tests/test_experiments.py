@@ -228,3 +228,17 @@ def test_run_without_dvc_then_report(tmp_path, tiny_bert, cs224n_dir, amazon_dir
         s: results["fast"]["multitask"][s]["sst_acc"] for s in ("1", "2")}
     assert "| fast | `fast` | 2 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_takes_each_task_from_the_member_trained_on_it(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": {}, "scales": {"s": {"set": {}, "seeds": [1]}},
+        "runs": {"ref": {}, "double": {"models.multitask.tasks": ["qqp", "sts"]}},
+        "members": {"double": ["multitask", "sst_single"]},
+        "tables": {"t": {"reference": "ref", "rows": {"double": {"run": "double"}}}},
+    }))
+    results = {"double": {"multitask": {1: {"qqp_acc": 0.8, "sts_pearson": 0.7}},
+                          "sst_single": {1: {"sst_acc": 0.5}}}}
+    row = build_report(load_experiments(path), "s", results)["rows"][0]
+    assert (row["sst"]["mean"], row["qqp"]["mean"], row["sts"]["mean"]) == (0.5, 0.8, 0.7)
