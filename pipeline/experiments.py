@@ -5,7 +5,8 @@ tables with its run and the paper's dev scores. A run at a scale is ``base ⊕ s
 (later keys win, nested mappings flattened to dotted keys first), trained for the scale's seeds.
 
 The report compares every row with its table's reference run, seed by seed. Seed noise σ_t of
-task t is pooled over every run of the matrix with n ≥ 2 seeds,
+task t is pooled over the two runs compared (their own seeds: a run that collapses on some seeds
+widens its own band, not every row's),
 
     σ_t² = Σ_r (n_r − 1)·s_r² / Σ_r (n_r − 1),
 
@@ -284,8 +285,6 @@ def build_report(spec: Experiments, scale: str,
                 return values
         return {}
 
-    sigma = {task: pooled_seed_sd(seed_values(run, task) for run in results)
-             for task in TASK_METRICS}
     paper_ref = {}
     for row in spec.rows:
         if row.run == spec.references[row.table] and row.table not in paper_ref:
@@ -298,18 +297,19 @@ def build_report(spec: Experiments, scale: str,
         entry: dict[str, Any] = {"table": row.table, "row": row.name, "run": row.run,
                                  "reference": ref_run, "paper": row.paper}
         for task in TASK_METRICS:
-            values = seed_values(row.run, task)
-            ours = paired_delta(values, seed_values(ref_run, task), sigma[task])
+            values, ref_values = seed_values(row.run, task), seed_values(ref_run, task)
+            sigma = pooled_seed_sd([values, ref_values] if row.run != ref_run else [values])
+            ours = paired_delta(values, ref_values, sigma)
             paper_base = paper_ref.get(row.table, {}).get(task)
             paper_delta = (row.paper[task] - paper_base
                            if task in row.paper and paper_base is not None else None)
             stats = aggregate([{"v": v} for v in values.values()])["v"] if values else None
             entry[task] = {"seeds": {str(s): v for s, v in sorted(values.items())},
                            **(stats or {"mean": None, "sd": None, "n": 0}),
-                           "delta": ours, "paper_delta": paper_delta,
+                           "delta": ours, "seed_sd": sigma, "paper_delta": paper_delta,
                            "reproduces": direction(paper_delta, ours, row.run == ref_run)}
         rows.append(entry)
-    return {"scale": scale, "seed_sd": sigma, "rows": rows}
+    return {"scale": scale, "rows": rows}
 
 
 def _fmt(stats: Mapping[str, Any]) -> str:
@@ -328,12 +328,10 @@ def _fmt_delta(stats: Mapping[str, Any]) -> str:
 
 def report_markdown(report: Mapping[str, Any], header: str) -> str:
     """The report as Markdown: one section per table."""
-    sigma = ", ".join(f"{task} {value:.4f}" if value is not None else f"{task} —"
-                      for task, value in report["seed_sd"].items())
-    lines = [header, "", f"Seed noise σ pooled over the matrix: {sigma}. Δ is paired by seed "
-             "against the table's reference run; * marks a Δ beyond noise "
-             "(|Δ| > 2σ√(2/n), every seed with the same sign). `reproduces` says whether the "
-             "paper's direction of effect holds here.", ""]
+    lines = [header, "", "Δ is paired by seed against the table's reference run; * marks a Δ "
+             "beyond noise: |Δ| > 2σ√(2/n), σ the seed sd pooled over the two runs, and every "
+             "seed moving the same way. `reproduces` says whether the paper's direction of "
+             "effect holds here.", ""]
     table = None
     for row in report["rows"]:
         if row["table"] != table:

@@ -165,8 +165,8 @@ def test_report_on_hand_results(tmp_path):
     results = {"ref": {"multitask": seeds((0.50, 0.52), (0.80, 0.80), (0.85, 0.85))},
                "up": {"multitask": seeds((0.40, 0.42), (0.81, 0.79), (0.85, 0.86))}}
     report = build_report(spec, "s", results)
-    # σ_sst pooled: each run has SS = 0.01² + 0.01² with 1 dof → σ² = 0.0004 / 2
-    assert report["seed_sd"]["sst"] == pytest.approx(math.sqrt(0.0002))
+    # σ_sst pooled over the two runs: each has SS = 0.01² + 0.01² with 1 dof → σ² = 0.0004 / 2
+    assert report["rows"][1]["sst"]["seed_sd"] == pytest.approx(math.sqrt(0.0002))
     smart = report["rows"][1]
     assert smart["sst"]["mean"] == pytest.approx(0.41)
     assert smart["sst"]["sd"] == pytest.approx(math.sqrt(2) * 0.01)
