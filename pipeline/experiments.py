@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.seeds import aggregate
+from pipeline.seeds import aggregate, scalar_metrics
 
 TASK_METRICS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_pearson"}
 DEFAULT_MEMBER = "multitask"
@@ -220,9 +220,9 @@ def collect(exp_show: Any, scale: str) -> dict[str, dict[str, dict[int, dict[str
                     match = SEED_METRICS.search(path.replace("\\", "/"))
                     values = (entry or {}).get("data") if isinstance(entry, Mapping) else None
                     if match and isinstance(values, Mapping):
+                        scores = {k: float(v) for k, v in scalar_metrics(values).items()}
                         found.setdefault(run, {}).setdefault(match["member"], {})[
-                            int(match["seed"])] = {k: float(v) for k, v in values.items()
-                                                   if isinstance(v, (int, float))}
+                            int(match["seed"])] = scores
         for value in node.values():
             visit(value)
 

@@ -39,6 +39,7 @@ from pipeline.experiments import (
 )
 from pipeline.figures import report_figure
 from pipeline.io import write_text
+from pipeline.seeds import scalar_metrics, seed_dir
 
 
 def queue(args: argparse.Namespace) -> None:
@@ -119,13 +120,13 @@ def run_direct(args: argparse.Namespace) -> None:
         prepared, augmented = upstream[run]
         for member in spec.members.get(run, [DEFAULT_MEMBER]):
             for seed in params["seeds"]:
-                out = run_dir / "models" / member / f"seed_{seed}"
+                out = seed_dir(run_dir / "models", member, seed)
                 if (out / "metrics.json").is_file():
                     continue
                 _sh([sys.executable, "stages/train.py", member, "--seed", str(seed),
                      "--prepared", str(prepared), "--augmented", str(augmented),
-                     "--out", str(out), "--checkpoints", str(run_dir / "checkpoints" / member
-                                                            / f"seed_{seed}"),
+                     "--out", str(out),
+                     "--checkpoints", str(seed_dir(run_dir / "checkpoints", member, seed)),
                      "--params", str(params_file), *(["--no-live"] if args.no_live else [])],
                     run_dir / "train.log")
                 print(f"{run} {member} seed {seed}: done", flush=True)
@@ -140,8 +141,7 @@ def run_direct(args: argparse.Namespace) -> None:
             for path in sorted(run_dir.glob("models/*/seed_*/metrics.json")):
                 member, seed = path.parent.parent.name, int(path.parent.name[len("seed_"):])
                 metrics = json.loads(path.read_text())
-                results.setdefault(run, {}).setdefault(member, {})[seed] = {
-                    k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                results.setdefault(run, {}).setdefault(member, {})[seed] = scalar_metrics(metrics)
         with lock:
             write_text(json.dumps(results, indent=2) + "\n", root / "results.json")
         return len(results)
