@@ -17,9 +17,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+
+from pipeline.errors import UserError
 
 TASKS = ("sst", "qqp", "sts")
 Task = Literal["sst", "qqp", "sts"]
@@ -27,8 +29,48 @@ Task = Literal["sst", "qqp", "sts"]
 PairFeature = Literal["u", "v", "diff", "prod"]
 
 
-class ConfigError(ValueError):
-    """A params value is missing, unknown or of the wrong type; the message names the key."""
+class ConfigError(UserError):
+    """A params value is missing, unknown, of the wrong type or out of range; the message names
+    the file, the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed interval of a numeric param: ``Annotated[int, Range(ge=1)]``."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def allows(self, value: float) -> bool:
+        return not ((self.ge is not None and value < self.ge)
+                    or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le)
+                    or (self.lt is not None and value >= self.lt))
+
+    def describe(self) -> str:
+        bounds = (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt))
+        return " and ".join(f"{sign} {int(bound) if float(bound).is_integer() else bound:}"
+                            for sign, bound in bounds if bound is not None)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The allowed form of a string param: ``Annotated[str, Pattern(r"...", "what it is")]``."""
+
+    regex: str
+    describe: str
+
+
+Positive = Annotated[int, Range(ge=1)]
+NonNegative = Annotated[int, Range(ge=0)]
+Seed = Annotated[int, Range(ge=0, lt=2**32)]  # numpy's and torch's seed range
+Weight = Annotated[float, Range(ge=0)]
+Rate = Annotated[float, Range(gt=0)]
+Fraction = Annotated[float, Range(gt=0, le=1)]
+Probability = Annotated[float, Range(ge=0, lt=1)]
+Device = Annotated[str, Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N")]
 
 
 @dataclass(frozen=True)
@@ -36,20 +78,20 @@ class DataConfig:
     # A local directory holding the CS224N files, or an http(s) URL base they are fetched from.
     source: str = "https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/main/data"
     # Optional cap on training rows per task (a seeded sample), for CPU-sized runs; null = all.
-    train_rows: dict[str, int] = field(default_factory=dict)
+    train_rows: dict[str, Positive] = field(default_factory=dict)
     # The same for the dev split (scores then come from a fixed seeded sample of dev); null = all.
-    dev_rows: dict[str, int] = field(default_factory=dict)
+    dev_rows: dict[str, Positive] = field(default_factory=dict)
     # Seeds the train_rows / dev_rows samples. Apart from the training seeds, so that training
     # another seed never re-runs `prepare` nor trains on other rows.
-    seed: int = 11
+    seed: Seed = 11
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    layers: int = 2
-    hidden: int | None = None  # null: the backbone's hidden size
+    layers: Positive = 2
+    hidden: Positive | None = None  # null: the backbone's hidden size
     activation: Literal["relu", "gelu", "tanh"] = "relu"
-    dropout: float = 0.3
+    dropout: Probability = 0.3
 
 
 @dataclass(frozen=True)
@@ -59,7 +101,7 @@ class ModelConfig:
     # `separate` only: the parts concatenated into the pair tasks' head input, in this order.
     pair_features: list[PairFeature] = field(default_factory=lambda: ["u", "v", "diff", "prod"])
     pooling: Literal["cls", "mean", "max", "attention"] = "cls"
-    max_length: int = 128
+    max_length: Annotated[int, Range(ge=4)] = 128  # [CLS] a [SEP] b [SEP] at the least
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
@@ -70,60 +112,68 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    task_weights: dict[str, float] = field(
+    task_weights: dict[str, Weight] = field(
         default_factory=lambda: {"sst": 1.0, "qqp": 1.0, "sts": 1.0}
     )
     # Weight of the contrastive loss on cosine distance added to the QQP and STS losses; 0 = off.
-    contrastive_weight: float = 0.0
-    contrastive_margin: float = 0.5
+    contrastive_weight: Weight = 0.0
+    contrastive_margin: Weight = 0.5
     # STS target d² = (5 − y)/20 (`similarity`: similar pairs close) or y/20 (`paper`, as printed).
     sts_contrastive_target: Literal["similarity", "paper"] = "similarity"
     # Weight of the squared ordinal error added to SST's CE; 0 = plain CE (paper: 0.1).
-    ordered_ce_weight: float = 0.0
+    ordered_ce_weight: Weight = 0.0
 
 
 @dataclass(frozen=True)
 class CustomScheduleConfig:
     task: Task = "qqp"
-    fraction: float = 0.8
-    epochs: int = 2
+    fraction: Fraction = 0.8
+    epochs: Positive = 2
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batches_per_epoch: int | None = 2000  # null: one full pass over every task's data
-    batch_size: int = 16
-    eval_batch_size: int = 128
-    lr: float = 1e-5
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    epochs: Positive = 10
+    batches_per_epoch: Positive | None = 2000  # null: one full pass over every task's data
+    batch_size: Positive = 16
+    eval_batch_size: Positive = 128
+    lr: Rate = 1e-5
+    betas: list[Probability] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: Weight = 0.1
+    warmup_ratio: Probability = 0.1
+    max_grad_norm: Weight = 1.0  # 0: no clipping
     schedule: Literal["round_robin", "random", "annealed", "custom"] = "custom"
     custom: CustomScheduleConfig = field(default_factory=CustomScheduleConfig)
     length_grouping: bool = True
     precision: Literal["bf16", "fp32"] = "bf16"
-    device: str = "auto"  # auto: cuda when available, else cpu
-    num_threads: int | None = None  # torch CPU threads; null: torch's default
+    device: Device = "auto"  # auto: cuda when available, else cpu
+    num_threads: Positive | None = None  # torch CPU threads; null: torch's default
     select_by: Literal["overall", "sst_acc", "qqp_acc", "sts_pearson"] = "overall"
+    # A resumable checkpoint (model, optimiser, data position, RNG states) every this many steps
+    # and/or minutes, and at every epoch's end; null turns that trigger off.
+    checkpoint_steps: Positive | None = None
+    checkpoint_minutes: Rate | None = 10.0
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas: expected two numbers [β1, β2], got {self.betas}")
     # Not a params.yaml key: the train stage sets it from its DVC matrix item, one run per entry
     # of the top-level `seeds:` list (member_for_seed).
-    seed: int = 11
+    seed: Seed = 11
 
 
 @dataclass(frozen=True)
 class SmartConfig:
     # λ_s; 0 turns the regularizer off. Per-task overrides in `task_lambda`.
-    lambda_: float = 0.0
-    task_lambda: dict[str, float] = field(default_factory=dict)
+    lambda_: Weight = 0.0
+    task_lambda: dict[str, Weight] = field(default_factory=dict)
     # normalize: smart-pytorch's unit-norm perturbation per token, which the paper ran; project:
     # Jiang et al.'s ε-ball. ε, σ² and the λ scale mean different things in each (smart.py).
     perturbation: Literal["normalize", "project"] = "normalize"
-    epsilon: float = 1e-6
-    step_size: float = 1e-3
-    noise_var: float = 1e-5
-    steps: int = 1
+    epsilon: Rate = 1e-6
+    step_size: Rate = 1e-3
+    noise_var: Rate = 1e-5
+    steps: NonNegative = 1
     norm: Literal["inf", "l2"] = "inf"
     # false: f(x) is a constant target (as in VAT); under `project` that skips a backward pass.
     clean_grad: bool = True
@@ -139,10 +189,11 @@ class PcgradConfig:
 
 @dataclass(frozen=True)
 class EdaConfig:
-    num_aug: int = 8
-    alpha: float = 0.1
-    operations: list[str] = field(default_factory=lambda: ["sr", "ri", "rs", "rd"])
-    seed: int = 11
+    num_aug: Positive = 8
+    alpha: Fraction = 0.1
+    operations: list[Literal["sr", "ri", "rs", "rd"]] = field(
+        default_factory=lambda: ["sr", "ri", "rs", "rd"])
+    seed: Seed = 11
     wordnet_dir: str | None = None  # an NLTK data dir holding corpora/wordnet; null: NLTK_DATA
 
 
@@ -152,21 +203,21 @@ class ReviewsConfig:
     encoder: str = "minilm"
     # Reviews kept for SST's most frequent label; the other labels get a share in proportion to
     # their SST counts (match_label_counts), or per_label each (false: the paper's).
-    per_label: int = 3000
+    per_label: Positive = 3000
     match_label_counts: bool = True
-    length_bins: int = 10  # SST length quantile bins that the kept reviews' lengths follow
+    length_bins: Positive = 10  # SST length quantile bins that the kept reviews' lengths follow
     # How each (label, length bin) cell's quota is filled from its candidates: the reviews nearest
     # SST's label centroid, or a seeded random draw with no embedding (Table 3's random reviews).
     selection: Literal["centroid", "random"] = "centroid"
-    chunk_size: int = 10000  # lines read per chunk of the stream
-    batch_size: int = 256  # encoder batch size
+    chunk_size: Positive = 10000  # lines between progress-bar updates
+    batch_size: Positive = 256  # encoder batch size
     # Reviews sampled per label (reservoir, same shares as per_label) before embedding; bounds
     # memory and embedding work. null: every review in SST's length range (memory then grows
     # with the file).
-    max_candidates_per_label: int | None = 30000
+    max_candidates_per_label: Positive | None = 30000
     cache_dir: str | None = "data/cache/embeddings"  # embeddings by text hash; null: no cache
-    device: str = "auto"  # auto: cuda when available, else cpu
-    seed: int = 11
+    device: Device = "auto"  # auto: cuda when available, else cpu
+    seed: Seed = 11
 
 
 @dataclass(frozen=True)
@@ -177,14 +228,15 @@ class LlmConfig:
     # plain: a few-shot "Sentence: … / Label: …" continuation (base or instruct models); chat:
     # the tokenizer's chat template (instruct models only: a base model never learnt its tokens).
     prompt_format: Literal["plain", "chat"] = "plain"
-    shots: int = 11
-    seed: int = 11  # draws the shots and the max_reviews sample
-    max_reviews: int | None = 5000  # a seeded sample of the reviews is labeled; null: all
-    min_confidence: float | None = None  # keep labels with max_j p_j >= this; null: keep all
-    max_review_tokens: int = 256
-    batch_size: int = 16
-    tensor_parallel_size: int = 1
-    device: str = "auto"
+    shots: NonNegative = 11
+    seed: Seed = 11  # draws the shots and the max_reviews sample
+    max_reviews: Positive | None = 5000  # a seeded sample of the reviews is labeled; null: all
+    # Keep labels with max_j p_j >= this; null: keep all.
+    min_confidence: Annotated[float, Range(ge=0, le=1)] | None = None
+    max_review_tokens: Positive = 256
+    batch_size: Positive = 16
+    tensor_parallel_size: Positive = 1
+    device: Device = "auto"
     cache_dir: str = "data/cache/llm_labels"  # append-only label cache, resumes killed runs
 
 
@@ -246,6 +298,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        value = _check_type(value, args[0], where)
+        for rule in tp.__metadata__:
+            _check_rule(value, args[0], rule, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -296,12 +353,20 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 
+def _check_rule(value: Any, base: Any, rule: Range | Pattern, where: str) -> None:
+    if isinstance(rule, Range) and not rule.allows(value):
+        kind = "an integer" if base is int else "a number"
+        raise ConfigError(f"{where}: {value!r} is out of range; expected {kind} {rule.describe()}")
+    if isinstance(rule, Pattern) and not re.fullmatch(rule.regex, value):
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected {rule.describe}")
+
+
 def build(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -348,7 +413,7 @@ def _reject_train_seed(train: Any, where: str) -> None:
 
 
 def _check_seeds(value: Any) -> list[int]:
-    seeds = _check_type(value, list[int], "params.yaml: seeds")
+    seeds = _check_type(value, list[Seed], "params.yaml: seeds")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"params.yaml: seeds: expected a non-empty list of distinct integers, "
                           f"got {seeds}")
@@ -458,6 +523,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: not found; run from the project root") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory; expected the params YAML file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start}: not UTF-8 text") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_params(raw or {})
+        # One line: PyYAML's message spans several, with the position on its own line.
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    try:
+        return parse_params(raw or {})
+    except ConfigError as exc:
+        message = str(exc)
+        if path.name != "params.yaml" and message.startswith("params.yaml"):
+            message = str(path) + message.removeprefix("params.yaml")
+        raise ConfigError(message) from None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.evaluate import score_predictions
 from pipeline.seeds import aggregate, scalar_metrics, seed_dir
 
@@ -40,8 +41,8 @@ def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFr
         same_ids = (frame.index.is_unique and len(frame) == len(ids)
                     and frame.index.isin(ids).all() and ids.isin(frame.index).all())
         if not same_ids:
-            raise ValueError(f"ensemble.{task}: member {name!r} predicted other ids than "
-                             f"member {names[0]!r}")
+            raise UserError(f"ensemble.{task}: member {name!r} predicted other ids than "
+                            f"member {names[0]!r}; re-run its train stage on this data")
         aligned.append(frame.loc[ids])
     out = pd.DataFrame({"id": ids.to_numpy()})
     if task == "sts":
@@ -86,8 +87,8 @@ def submission_name(task: str, split: str) -> str:
 def _member_file(models_dir: Path, member: str, seed: int, name: str) -> Path:
     path = seed_dir(models_dir, member, seed) / name
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; train member {member!r} with seed {seed} "
-                                f"first (dvc repro train@{member}-{seed})")
+        raise UserError(f"{path}: missing; train member {member!r} with seed {seed} first "
+                        f"(dvc repro train@{member}-{seed})")
     return path
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import UserError
 from pipeline.seeds import aggregate, scalar_metrics
 
 TASK_METRICS = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_pearson"}
@@ -38,7 +39,7 @@ PAPER_NO_EFFECT = 0.005
 SEED_METRICS = re.compile(r"models/(?P<member>[^/]+)/seed_(?P<seed>\d+)/metrics\.json$")
 
 
-class ExperimentsError(ValueError):
+class ExperimentsError(UserError):
     """The experiments file is inconsistent; the message names the file and the key."""
 
 
@@ -71,7 +72,29 @@ class Experiments:
         return self.scales[scale].seeds_for.get(run, self.scales[scale].seeds)
 
     def scale_runs(self, scale: str) -> list[str]:
-        return [run for run in self.runs if run not in self.scales[scale].skip]
+        """The runs to train at ``scale``: not skipped, and not the same settings as an earlier
+        run there (``same_as``)."""
+        twins = self.same_as(scale)
+        return [run for run in self.runs if run not in self.scales[scale].skip
+                and run not in twins]
+
+    def same_as(self, scale: str) -> dict[str, str]:
+        """Runs whose params at ``scale`` equal an earlier run's (e.g. Table 6's mean pooling
+        where the scale pools by mean anyway), mapped to that run: one training serves both."""
+        if scale not in self.scales:
+            raise ExperimentsError(f"unknown scale {scale!r}; known: {sorted(self.scales)}")
+        first: dict[str, str] = {}
+        twins = {}
+        for run in self.runs:
+            if run in self.scales[scale].skip:
+                continue
+            settings = {k: v for k, v in run_overrides(self, scale, run).items() if k != "seeds"}
+            key = json.dumps(apply_overrides({}, settings), sort_keys=True)
+            if key in first:
+                twins[run] = first[key]
+            else:
+                first[key] = run
+        return twins
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -275,9 +298,12 @@ def build_report(spec: Experiments, scale: str,
                  results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]]
                  ) -> dict[str, Any]:
     """Rows with our mean ± sd, the paper's scores, Δ vs the reference and the verdicts."""
+    twins = spec.same_as(scale)
+
     def seed_values(run: str, task: str) -> dict[int, float]:
         """A task's score per seed, from the first of the run's members trained on it."""
         metric = TASK_METRICS[task]
+        run = twins.get(run, run)
         for member in spec.members.get(run, [DEFAULT_MEMBER]):
             per_seed = results.get(run, {}).get(member, {})
             values = {s: m[metric] for s, m in per_seed.items() if metric in m}
@@ -295,7 +321,8 @@ def build_report(spec: Experiments, scale: str,
             continue
         ref_run = spec.references[row.table]
         entry: dict[str, Any] = {"table": row.table, "row": row.name, "run": row.run,
-                                 "reference": ref_run, "paper": row.paper}
+                                 "same_as": twins.get(row.run), "reference": ref_run,
+                                 "paper": row.paper}
         for task in TASK_METRICS:
             values, ref_values = seed_values(row.run, task), seed_values(ref_run, task)
             sigma = pooled_seed_sd([values, ref_values] if row.run != ref_run else [values])
@@ -344,7 +371,8 @@ def report_markdown(report: Mapping[str, Any], header: str) -> str:
                            for t in TASK_METRICS)
         n = max(row[t]["n"] for t in TASK_METRICS)
         verdicts = " / ".join(row[t]["reproduces"] for t in TASK_METRICS)
-        lines.append(f"| {row['row']} | `{row['run']}` | {n} | "
+        run = f"`{row['run']}`" + (f" (= `{row['same_as']}`)" if row.get("same_as") else "")
+        lines.append(f"| {row['row']} | {run} | {n} | "
                      + " | ".join(_fmt(row[t]) for t in TASK_METRICS)
                      + f" | {paper} | " + " | ".join(_fmt_delta(row[t]) for t in TASK_METRICS)
                      + f" | {verdicts} |")

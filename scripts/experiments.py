@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.errors import run_stage
 from pipeline.experiments import (
     DEFAULT_MEMBER,
     ExperimentsError,
@@ -42,6 +44,16 @@ from pipeline.io import write_text
 from pipeline.seeds import scalar_metrics, seed_dir
 
 
+def _dvc() -> str:
+    """The `dvc` beside this Python (the project's environment), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    found = str(beside) if beside.exists() else shutil.which("dvc")
+    if found is None:
+        raise ExperimentsError("dvc: not found beside this Python nor on PATH; run "
+                               "`bash scripts/setup.sh` and use .venv/bin/python")
+    return found
+
+
 def queue(args: argparse.Namespace) -> None:
     spec = load_experiments(args.experiments)
     runs = args.runs.split(",") if args.runs else spec.scale_runs(args.scale)
@@ -49,7 +61,7 @@ def queue(args: argparse.Namespace) -> None:
         command = queue_command(spec, args.scale, run, args.data, args.wordnet)
         print(" ".join(command), flush=True)
         if not args.dry_run:
-            subprocess.run(command, check=True)
+            subprocess.run([_dvc(), *command[1:]], check=True)
 
 
 def _digest(params: dict, keys: list[str]) -> str:
@@ -159,13 +171,14 @@ def run_direct(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace) -> None:
     spec = load_experiments(args.experiments)
+    spec.scale_runs(args.scale)  # an unknown scale is an error before any work
     if args.results:
         results = {run: {member: {int(seed): m for seed, m in seeds.items()}
                          for member, seeds in members.items()}
                    for run, members in json.loads(Path(args.results).read_text()).items()}
     else:
         exp_show = json.loads(Path(args.exp_show).read_text()) if args.exp_show else json.loads(
-            subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True,
+            subprocess.run([_dvc(), "exp", "show", "--json", "--all-commits"], check=True,
                            capture_output=True, text=True).stdout)
         results = collect(exp_show, args.scale)
     built = build_report(spec, args.scale, results)
@@ -179,7 +192,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"wrote {out}.md, .json, .png ({len(results)} runs with results)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", default="experiments/paper.yaml")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,12 +221,9 @@ def main() -> None:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override applied after the run's (e.g. a local backbone dir)")
     d.add_argument("--no-live", action="store_true", help="train without DVCLive")
-    args = parser.parse_args()
-    try:
-        {"queue": queue, "report": report, "run": run_direct}[args.command](args)
-    except ExperimentsError as exc:
-        sys.exit(f"experiments: {exc}")
+    args = parser.parse_args(argv)
+    {"queue": queue, "report": report, "run": run_direct}[args.command](args)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("experiments", main)

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from pipeline.augment.eda import augment_table
-from pipeline.augment.wordnet import Synonyms, WordNetMissingError, load_wordnet
+from pipeline.augment.wordnet import Synonyms, load_wordnet
 from pipeline.config import load_params
-from pipeline.data import DataError, load_prepared
+from pipeline.data import load_prepared
+from pipeline.errors import run_stage
 from pipeline.io import write_json, write_parquet
 
 
@@ -32,11 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cfg = load_params(args.params).augment.eda
-    try:
-        sst = load_prepared(args.prepared, "sst", "train")
-        wordnet = load_wordnet(cfg.wordnet_dir)
-    except (DataError, WordNetMissingError) as exc:
-        raise SystemExit(f"augment_eda: {exc}") from exc
+    sst = load_prepared(args.prepared, "sst", "train")
+    wordnet = load_wordnet(cfg.wordnet_dir)
     synonyms = Synonyms(wordnet)
     started = time.perf_counter()
     table, report = augment_table(sst, cfg, synonyms)
@@ -52,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("augment_eda", main)

@@ -28,6 +28,7 @@ from pipeline.ensemble import (
     submission_name,
     submission_text,
 )
+from pipeline.errors import run_stage
 from pipeline.io import atomic_path, write_json, write_parquet
 
 
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("ensemble", main)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline import figures
 from pipeline.data import load_prepared
+from pipeline.errors import run_stage
 from pipeline.io import atomic_path
 from pipeline.train import MEMBER_CONFIG_FILE, PCGRAD_STEPS_FILE, resolve_device
 
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("figures", main)

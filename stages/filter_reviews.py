@@ -4,13 +4,17 @@ similarity, with SST's length and label distribution.
     python stages/filter_reviews.py --source PATH --prepared data/prepared --out data/augmented
                                     [--params params.yaml] [--no-progress]
 
-Reads the review file or directory `--source` (dvc.yaml passes `augment.reviews.source`), writes
+Reads the review file or directory `--source` (dvc.yaml passes `augment.reviews.source`). A file
+damaged partway (e.g. a truncated .gz) gives every line before the damage, with a warning on
+stderr; a source that is missing, holds a file that does not open as what its name says, or gives
+no usable review stops the stage (one line on stderr, exit 2) before anything is written. Writes
 to `--out`:
 `amazon.parquet` (SST columns + source, source_id, method = `augment.reviews.selection`,
 score = cosine similarity (null for `selection: random`), asin, reviewer, file, line,
-star_label), `reviews_report.json` (the selection, lines read, malformed lines with their
-numbers, candidates, quotas and kept counts per label and length bin) and `review_map.csv` (x, y,
-group, label: PCA of SST train and kept-review embeddings; no rows for `selection: random`).
+star_label), `reviews_report.json` (the selection, lines read, read errors, malformed lines by
+reason and with their numbers, candidates, quotas and kept counts per label and length bin) and
+`review_map.csv` (x, y, group, label: PCA of SST train and kept-review embeddings; no rows for
+`selection: random`).
 Embeddings are cached under `augment.reviews.cache_dir`/<encoder>.
 """
 
@@ -22,14 +26,14 @@ import time
 from pathlib import Path
 
 from pipeline.augment.reviews import (
-    ReviewsError,
     cache_dir_for,
     mine_reviews,
     review_files,
     sentence_encoder,
 )
 from pipeline.config import load_params
-from pipeline.data import DataError, load_prepared
+from pipeline.data import load_prepared
+from pipeline.errors import run_stage
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.model import resolve_backbone
 
@@ -48,11 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cfg = load_params(args.params).augment.reviews
-    try:
-        sst = load_prepared(args.prepared, "sst", "train")
-        paths = review_files(args.source)
-    except (DataError, ReviewsError) as exc:
-        raise SystemExit(f"filter_reviews: {exc}") from exc
+    sst = load_prepared(args.prepared, "sst", "train")
+    paths = review_files(args.source)
 
     started = time.perf_counter()
     # `selection: random` embeds nothing: no encoder is loaded.
@@ -60,10 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                                progress=not args.no_progress)
               if cfg.selection == "centroid" else None)
     cache = cache_dir_for(cfg.cache_dir, cfg.encoder) if cfg.cache_dir is not None else None
-    try:
-        mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)
-    except ReviewsError as exc:
-        raise SystemExit(f"filter_reviews: {exc}") from exc
+    mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)
     seconds = time.perf_counter() - started
 
     write_parquet(mined.table, args.out / "amazon.parquet")
@@ -72,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         mined.review_map.to_csv(tmp, index=False)
     r = mined.report
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    damaged = (f" ({len(r['read_errors'])} of {len(r['files'])} files cut short by a read "
+               "error, see the warnings)" if r["read_errors"] else "")
     print(
-        f"filter_reviews: {r['lines']} lines, {r['reviews']} reviews, "
+        f"filter_reviews: {r['lines']} lines{damaged}, {r['reviews']} reviews, "
         f"{r['malformed_lines']} malformed, {r['candidates']} candidates "
         f"({r['newly_embedded']['candidates']} newly embedded) -> kept per label "
         f"{r['kept_per_label']} (quota {r['quota_per_label']}) in {seconds:.1f} s "
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("filter_reviews", main)

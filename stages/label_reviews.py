@@ -23,15 +23,15 @@ import pandas as pd
 
 from pipeline.augment.llm_label import (
     LabelCache,
-    LabelError,
     confusion_rows,
     empty_table,
     label_reviews,
     load_tokenizer,
     make_scorer,
 )
-from pipeline.augment.llm_prompt import PromptError, build_template, encode_template, select_shots
+from pipeline.augment.llm_prompt import build_template, encode_template, select_shots
 from pipeline.config import load_params
+from pipeline.errors import run_stage
 from pipeline.io import write_json, write_parquet, write_text
 
 
@@ -61,21 +61,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"label_reviews: {note}")
         return
 
-    try:
-        tokenizer = load_tokenizer(cfg.model)
-        shots = select_shots(pd.read_parquet(args.sst_train), cfg.shots, cfg.seed,
-                             where=str(args.sst_train))
-        template = build_template(tokenizer, shots, chat=cfg.prompt_format == "chat")
-        prompt = encode_template(tokenizer, template, cfg.max_review_tokens)
-        scorer = make_scorer(cfg, prompt)
-        result = label_reviews(
-            reviews, tokenizer=tokenizer, prompt=prompt, scorer=scorer,
-            cache=LabelCache(Path(cfg.cache_dir) / "labels.jsonl"), model=cfg.model,
-            batch_size=cfg.batch_size, max_reviews=cfg.max_reviews, seed=cfg.seed,
-            min_confidence=cfg.min_confidence,
-        )
-    except (LabelError, PromptError) as exc:
-        raise SystemExit(f"label_reviews: {exc}") from exc
+    tokenizer = load_tokenizer(cfg.model)
+    shots = select_shots(pd.read_parquet(args.sst_train), cfg.shots, cfg.seed,
+                         where=str(args.sst_train))
+    template = build_template(tokenizer, shots, chat=cfg.prompt_format == "chat")
+    prompt = encode_template(tokenizer, template, cfg.max_review_tokens)
+    scorer = make_scorer(cfg, prompt)
+    result = label_reviews(
+        reviews, tokenizer=tokenizer, prompt=prompt, scorer=scorer,
+        cache=LabelCache(Path(cfg.cache_dir) / "labels.jsonl"), model=cfg.model,
+        batch_size=cfg.batch_size, max_reviews=cfg.max_reviews, seed=cfg.seed,
+        min_confidence=cfg.min_confidence,
+    )
 
     write_parquet(result.kept, args.out)
     write_json({"enabled": True, "shots": len(shots), "prompt_tokens": len(prompt.prefix_ids),
@@ -96,4 +93,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("label_reviews", main)

@@ -4,7 +4,9 @@
 
 `--source` (dvc.yaml passes `data.source`) is a local directory or the URL base the files are
 downloaded from, afresh on every run: DVC re-runs the stage when a file's ETag (URL) or content
-(directory) changes, so no download is kept between runs to go stale. Writes
+(directory) changes, so no download is kept between runs to go stale. A download must match its
+Content-Length and, for the files in `pipeline.data.CS224N_SHA256`, its pinned digest. A broken
+file stops the stage with one line naming the file, line and field; nothing is written. Writes
 `{sst,qqp,sts}_{train,dev,test}.parquet` and `report.json` (rows read, kept, rejected and why) to
 `--out`; `data.train_rows` / `data.dev_rows` cap splits to a sample drawn with `data.seed`.
 """
@@ -17,7 +19,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.data import DataError, prepare
+from pipeline.data import prepare
+from pipeline.errors import run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,18 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     started = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="cs224n-") as download_dir:
-            report = prepare(
-                args.source,
-                args.out,
-                train_rows=params.data.train_rows,
-                dev_rows=params.data.dev_rows,
-                seed=params.data.seed,
-                cache_dir=Path(download_dir),
-            )
-    except DataError as exc:
-        raise SystemExit(f"prepare: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="cs224n-") as download_dir:
+        report = prepare(
+            args.source,
+            args.out,
+            train_rows=params.data.train_rows,
+            dev_rows=params.data.dev_rows,
+            seed=params.data.seed,
+            cache_dir=Path(download_dir),
+        )
     for task, splits in report["tasks"].items():
         for split, r in splits.items():
             note = " (file absent: empty table)" if r["missing"] else ""
@@ -56,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("prepare", main)

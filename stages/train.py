@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_params, member_for_seed
+from pipeline.config import load_params, member_for_seed
+from pipeline.errors import run_stage
 from pipeline.train import member_frames, run_member
 
 
@@ -35,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        member = member_for_seed(load_params(args.params), args.member, args.seed)
-    except ConfigError as exc:
-        raise SystemExit(f"train: {exc}") from exc
+    member = member_for_seed(load_params(args.params), args.member, args.seed)
     frames = member_frames(member, args.prepared, args.augmented)
     if args.no_live:
         metrics = run_member(member, frames, args.out, args.checkpoints)
@@ -52,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("train", main)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.config import (
+    AugmentConfig,
     ConfigError,
     CustomScheduleConfig,
+    DataConfig,
+    EdaConfig,
+    HeadConfig,
+    LlmConfig,
     LossConfig,
     ModelConfig,
+    Range,
+    ReviewsConfig,
     SmartConfig,
     TrainConfig,
     load_params,
@@ -404,3 +413,107 @@ def test_project_params_train_seeds_not_data_seed():
     source = yaml.safe_load(PARAMS_YAML.read_text())
     assert "seed" not in source["train"] and source["seeds"]
     assert load_params(PARAMS_YAML).data.seed == source["data"]["seed"]
+
+
+# --- ranges ------------------------------------------------------------------------------------
+
+
+def ranged_fields(cls, prefix=""):
+    """(yaml path, Range, base type) of every range-checked scalar field, nested ones included."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        key, tp = f.name.rstrip("_"), hints[f.name]
+        for option in typing.get_args(tp) if typing.get_origin(tp) is types.UnionType else [tp]:
+            if typing.get_origin(option) is typing.Annotated:
+                for rule in option.__metadata__:
+                    if isinstance(rule, Range):
+                        yield f"{prefix}{key}", rule, typing.get_args(option)[0]
+            elif dataclasses.is_dataclass(option):
+                yield from ranged_fields(option, f"{prefix}{key}.")
+
+
+def outside(rule: Range, base: type):
+    """A value just outside ``rule``'s interval."""
+    if rule.ge is not None:
+        return rule.ge - 1 if base is int else rule.ge - 0.5
+    if rule.gt is not None:
+        return rule.gt if base is int else rule.gt - 1e-9
+    if rule.le is not None:
+        return rule.le + 1 if base is int else rule.le + 0.5
+    return rule.lt
+
+
+RANGED = [(section, key, rule, base)
+          for section, cls in [("train", TrainConfig), ("model", ModelConfig),
+                               ("loss", LossConfig), ("smart", SmartConfig),
+                               ("data", DataConfig), ("augment", AugmentConfig)]
+          for key, rule, base in ranged_fields(cls)
+          if (section, key) != ("train", "seed")]  # set from `seeds:`, tested there
+
+
+def test_every_numeric_knob_has_a_range():
+    # Not a tautology: a numeric field added without Annotated[..., Range] fails here.
+    unranged = []
+    for cls in (TrainConfig, ModelConfig, HeadConfig, LossConfig, SmartConfig, DataConfig,
+                CustomScheduleConfig, EdaConfig, ReviewsConfig, LlmConfig):
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            options = typing.get_args(tp) if typing.get_origin(tp) is types.UnionType else [tp]
+            if any(o in (int, float) for o in options):
+                unranged.append(f"{cls.__name__}.{f.name}")
+    assert unranged == []
+    assert len(RANGED) >= 30  # the walker reaches nested sections (custom, head, eda …)
+
+
+@pytest.mark.parametrize("section,key,rule,base", RANGED,
+                         ids=[f"{s}.{k}" for s, k, _, _ in RANGED])
+def test_out_of_range_values_are_one_line_errors_naming_key_value_and_range(
+        raw, section, key, rule, base):
+    value = outside(rule, base)
+    node = raw.setdefault(section, {})
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    message = error_of(raw)
+    assert message == (f"params.yaml: {section}.{key}: {value!r} is out of range; expected "
+                       f"{'an integer' if base is int else 'a number'} {rule.describe()}")
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("batch_size", -4, "train.batch_size: -4 is out of range; expected an integer ≥ 1"),
+    ("lr", -1e-5, "train.lr: -1e-05 is out of range; expected a number > 0"),
+    ("epochs", 0, "train.epochs: 0 is out of range; expected an integer ≥ 1"),
+    ("batches_per_epoch", 0, "train.batches_per_epoch: 0 is out of range"),
+    ("betas", [0.9, 1.0], "train.betas[1]: 1.0 is out of range; expected a number ≥ 0 and < 1"),
+    ("betas", [0.9], "train.betas: expected two numbers [β1, β2], got [0.9]"),
+    ("device", "gpu", "train.device: 'gpu' is not allowed; expected auto, cpu, mps, cuda or"),
+])
+def test_ranges_by_hand(raw, key, value, expected):
+    raw["train"][key] = value
+    assert expected in error_of(raw)
+
+
+def test_per_task_and_per_member_values_are_ranged_too(raw):
+    raw["data"] = {"train_rows": {"qqp": 0}}
+    assert "data.train_rows.qqp: 0 is out of range" in error_of(raw)
+    del raw["data"]
+    raw["models"]["big_batch"]["train"]["batch_size"] = 0
+    assert "models.big_batch.train.batch_size: 0 is out of range" in error_of(raw)
+    raw["models"]["big_batch"]["train"]["batch_size"] = 8
+    raw["smart"]["task_lambda"] = {"sst": -1}
+    assert "smart.task_lambda.sst: -1.0 is out of range" in error_of(raw)
+
+
+def test_a_params_file_elsewhere_is_named_in_its_errors(tmp_path):
+    path = tmp_path / "variant.yaml"
+    path.write_text("train: {epochs: 0}\nmodels: {m: {}}\n")
+    with pytest.raises(ConfigError, match=r"^.*variant\.yaml: train\.epochs: 0 is out of range"):
+        load_params(path)
+    path.write_text("train: {epochs: [1\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert "\n" not in str(info.value) and "variant.yaml: not valid YAML" in str(info.value)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_params(tmp_path)

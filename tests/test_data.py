@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import data
 from pipeline.data import (
     SPLITS,
     TASKS,
@@ -245,18 +247,23 @@ def test_bad_sst_rows_rejected_with_reasons(tmp_path):
 )
 def test_pair_label_ranges(tmp_path, task, header, label, kept):
     name = {"qqp": "quora-dev.csv", "sts": "sts-dev.csv"}[task]
-    write_tsv(tmp_path / name, [f"\tid\tsentence1\tsentence2\t{header}", f"0\tx\ta\tb\t{label}"])
+    write_tsv(
+        tmp_path / name,
+        [f"\tid\tsentence1\tsentence2\t{header}", "0\tgood\ta\tb\t1", f"1\tx\ta\tb\t{label}"],
+    )
     table, report = read_task_split(tmp_path, task, "dev")
-    assert len(table) == int(kept) and report.rows_rejected == int(not kept)
+    assert len(table) == 1 + int(kept) and report.rows_rejected == int(not kept)
     if kept:
-        assert table["label"].iloc[0] == pytest.approx(float(label))
+        assert table["label"].iloc[1] == pytest.approx(float(label))
 
 
 def test_empty_second_sentence_rejected(tmp_path):
     write_tsv(
-        tmp_path / "sts-train.csv", ["\tid\tsentence1\tsentence2\tsimilarity", "0\tx\ta\t \t1.0"]
+        tmp_path / "sts-train.csv",
+        ["\tid\tsentence1\tsentence2\tsimilarity", "0\tx\ta\t \t1.0", "1\ty\ta\tb\t2.0"],
     )
-    _, report = read_task_split(tmp_path, "sts", "train")
+    table, report = read_task_split(tmp_path, "sts", "train")
+    assert table["id"].tolist() == ["y"]
     assert report.to_dict()["rejected"] == {"empty sentence2": 1}
 
 
@@ -295,7 +302,8 @@ def test_malformed_quoting_names_file_and_line(tmp_path):
         tmp_path / "sts-train.csv",
         ["\tid\tsentence1\tsentence2\tsimilarity", '0\tx\t"quoted" then text\tb\t1.0'],
     )
-    with pytest.raises(DataError, match=r"sts-train\.csv: line 2: malformed quoting"):
+    where = r"sts-train\.csv: line 2, field 3 \('sentence1'\)"
+    with pytest.raises(DataError, match=where + ": malformed quoting"):
         read_task_split(tmp_path, "sts", "train")
 
 
@@ -387,7 +395,7 @@ def test_unreachable_url_says_how_to_use_a_local_copy(tmp_path):
 
 
 def test_missing_local_source_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="data.source: .*not a directory"):
+    with pytest.raises(DataError, match="data.source: directory .*nowhere' does not exist"):
         fetch_source(str(tmp_path / "nowhere"), tmp_path / "cache")
 
 
@@ -404,8 +412,12 @@ def served(small_source):
     server.server_close()
 
 
-def test_url_source_downloads_then_uses_cache(served, small_source, tmp_path):
+def test_url_source_downloads_then_uses_cache(served, small_source, tmp_path, monkeypatch):
     url, server = served
+    # The small files stand in for the upstream ones: pin their digests.
+    monkeypatch.setattr(data, "CS224N_SHA256", {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in small_source.iterdir()
+    })
     cache = tmp_path / "raw" / "cs224n"
     out = tmp_path / "prepared"
     report = prepare(url, out, train_rows={}, seed=0, cache_dir=cache)

@@ -22,6 +22,7 @@ from pipeline.ensemble import (
     submission_name,
     submission_text,
 )
+from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 P = [f"p{k}" for k in range(5)]
@@ -177,13 +178,13 @@ def test_submission_names():
 
 
 def test_read_member_predictions(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'ghost' with seed 3.*train@ghost-3"):
+    with pytest.raises(UserError, match="'ghost' with seed 3.*train@ghost-3"):
         read_member_predictions(tmp_path, "ghost", 3, "sst", "dev")
     (tmp_path / "m" / "seed_7" / "predictions").mkdir(parents=True)
     table = sts_member(["a"], [1.5])
     table.to_parquet(tmp_path / "m" / "seed_7" / "predictions" / "sts_test.parquet", index=False)
     pd.testing.assert_frame_equal(read_member_predictions(tmp_path, "m", 7, "sts", "test"), table)
-    with pytest.raises(FileNotFoundError, match="seed_8"):
+    with pytest.raises(UserError, match="seed_8"):
         read_member_predictions(tmp_path, "m", 8, "sts", "test")
 
 
@@ -205,7 +206,7 @@ def test_seed_report_by_hand(tmp_path):
     # only the seeds asked for are read
     assert seed_report(tmp_path, ["m"], [12])["m"]["aggregate"]["sst_acc"] == {
         "mean": 0.6, "sd": None, "n": 1}
-    with pytest.raises(FileNotFoundError, match="seed_14"):
+    with pytest.raises(UserError, match="seed_14"):
         seed_report(tmp_path, ["m"], [11, 14])
 
 

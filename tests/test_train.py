@@ -122,10 +122,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_p
     interrupted = Trainer(member, data, tokenizer, tmp_path / "resumed")
     original = Trainer.train_epoch
 
-    def killed_at_epoch_3(self, epoch):
+    def killed_at_epoch_3(self, epoch, progress=None):
         if epoch == 3:
             raise KeyboardInterrupt("killed")
-        return original(self, epoch)
+        return original(self, epoch, progress)
 
     monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
@@ -134,7 +134,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_p
 
     calls = []
     monkeypatch.setattr(Trainer, "train_epoch",
-                        lambda self, epoch: calls.append(epoch) or original(self, epoch))
+                        lambda self, epoch, progress=None: calls.append(epoch)
+                        or original(self, epoch, progress))
     resumed = Trainer(member, data, tokenizer, tmp_path / "resumed")
     result = resumed.fit()
     assert calls == [3]  # epochs 1–2 came from the checkpoint

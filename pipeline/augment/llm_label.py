@@ -35,6 +35,7 @@ import torch
 
 from pipeline.augment.llm_prompt import LABEL_NAMES, EncodedPrompt, text_hash
 from pipeline.config import LlmConfig
+from pipeline.errors import UserError
 
 NUM_LABELS = len(LABEL_NAMES)
 PROB_COLUMNS = [f"p{j}" for j in range(NUM_LABELS)]
@@ -53,7 +54,7 @@ COLUMNS = {
 REVIEW_COLUMNS = ("id", "sentence", "star_label")
 
 
-class LabelError(ValueError):
+class LabelError(UserError):
     """An input table or the label cache is not what is expected; the message names the place."""
 
 

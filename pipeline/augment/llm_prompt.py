@@ -30,6 +30,8 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
+
 # Index = SST label (0 negative … 4 positive); the wording of the BEST-FiT prompt.
 LABEL_NAMES = (
     "negative_sentiment",
@@ -48,7 +50,7 @@ INSTRUCTION = (
 _SLOT = "REVIEWSLOT7f3a9c"
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """The few-shot source or the tokenizer cannot make the prompt; the message says why."""
 
 

@@ -2,9 +2,13 @@
 centroids in a sentence-embedding space (all-MiniLM-L6-v2).
 
 1. **Stream** review JSON lines — Ni et al. 2018 or McAuley et al. 2014 format (``overall``
-   stars 1–5, ``reviewText``), plain or gzip — in chunks. Stars map to SST labels
+   stars 1–5, ``reviewText``), plain or gzip — line by line. Stars map to SST labels
    (1 → 0 … 5 → 4). Texts are cleaned (HTML entities and line-break tags, whitespace). Lines
-   that are not a review object are counted and listed with their line numbers, never fatal.
+   that are not a review object are counted by reason and listed with their line numbers,
+   never fatal. A file that does not open as what its name says (not gzip, another format,
+   a broken link) is an error; one damaged further in (a truncated or corrupt gzip stream)
+   gives every complete line before the damage, with a warning on stderr. A source that gives
+   no review at all is an error.
 2. **Match SST's length and label distribution.** SST train lengths (in words) are cut into
    ``length_bins`` quantile bins; reviews outside SST's length range are dropped. Label l is
    given a quota Q_l (``per_label`` for SST's most frequent label, the others in proportion to
@@ -25,13 +29,14 @@ centroids in a sentence-embedding space (all-MiniLM-L6-v2).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import html
-import itertools
 import json
+import os
 import random
 import re
+import stat
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,21 +48,40 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import ReviewsConfig
+from pipeline.errors import UserError
 from pipeline.io import atomic_path
 
 N_LABELS = 5
-REVIEW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+REVIEW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")  # matched case-insensitively
 # Malformed lines listed one by one in the report (all are counted).
 MAX_LISTED_MALFORMED = 1000
+MAX_FILES_IN_MESSAGE = 10  # files summed up in the "no usable review" error
+READ_BLOCK = 1 << 20  # bytes read from a file at a time
+GZIP_PIECE = 1 << 14  # compressed bytes inflated at a time: bounds the memory of one step
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: a gzip header and trailer around deflate data
+MAX_LINE_BYTES = 1 << 24  # a longer line is rejected without being held whole
+SNIFF_BYTES = 4096  # read from each file's start to check its format
+# What a review file holds by mistake, by its first bytes.
+FOREIGN_FORMATS = {
+    b"BZh": "bzip2 data", b"\xfd7zXZ\x00": "xz data", b"\x28\xb5\x2f\xfd": "zstd data",
+    b"PK\x03\x04": "a zip archive", b"7z\xbc\xaf\x27\x1c": "a 7-zip archive",
+    b"PAR1": "a Parquet file", b"SQLite format 3\x00": "an SQLite database",
+    b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text",
+}
 
 Encoder = Callable[[list[str]], np.ndarray]
 
 _BREAK_TAG = re.compile(r"<\s*(?:br|p|/p)\s*/?\s*>", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
 _CLITIC = re.compile(r"n't\b|'(?:s|re|ve|ll|d|m|t)\b", re.IGNORECASE)
+_UNSUPPORTED_COMPRESSION = re.compile(r"\.jsonl?\.(?:bz2|xz|lzma|zst|lz4|zip|7z|z)$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
 
-class ReviewsError(ValueError):
+class ReviewsError(UserError):
     """The review source or the configuration cannot be used; the message names it."""
 
 
@@ -83,15 +107,64 @@ def word_count(text: str) -> int:
 
 
 def review_files(source: str | Path) -> list[Path]:
-    """The review file ``source``, or the review files in directory ``source``, sorted."""
+    """The review file ``source``, or the review files in directory ``source``, sorted; each is
+    checked to open as what its name says (:func:`check_review_file`)."""
     path = Path(source)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
+    problem = _not_a_file(path)
+    if problem is None:
+        files = [path]
+    elif path.is_dir():
+        files = _directory_files(path)
+    elif problem == "missing":
         raise ReviewsError(f"{path}: no such review file or directory (augment.reviews.source)")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(REVIEW_SUFFIXES))
+    else:
+        raise ReviewsError(f"{path}: not a review file or directory: {problem}")
+    for file in files:
+        check_review_file(file)
+    return files
+
+
+def _not_a_file(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else why not: ``missing`` for a path that
+    does not exist, or a phrase (a broken or looping link, a directory, a pipe...)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if path.is_symlink():
+            return (f"a symbolic link to {os.readlink(path)!r} that cannot be followed "
+                    f"({exc.strerror})")
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return "missing"
+        return f"cannot access it ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _directory_files(path: Path) -> list[Path]:
+    """The review files of directory ``path``; entries named like review files that cannot be
+    read as one (broken links, link loops, directories, other compressions) are errors, not
+    skipped."""
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise ReviewsError(f"{path}: cannot list the directory ({exc.strerror or exc})") from None
+    files, others = [], []
+    for entry in entries:
+        name = entry.name.lower()
+        if _UNSUPPORTED_COMPRESSION.search(name):
+            raise ReviewsError(
+                f"{entry}: compressed with {name.rsplit('.', 1)[1]}, which is not read; "
+                f"review files are {', '.join(REVIEW_SUFFIXES)} (decompress it or gzip it)"
+            )
+        if not name.endswith(REVIEW_SUFFIXES):
+            others.append(entry.name + ("/" if entry.is_dir() else ""))
+        elif (problem := _not_a_file(entry)) is not None:
+            raise ReviewsError(f"{entry}: named like a review file but {problem}")
+        else:
+            files.append(entry)
     if not files:
-        raise ReviewsError(f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory")
+        raise ReviewsError(_no_review_files(path, others))
     keys = [file_key(p) for p in files]
     clashes = sorted({k for k in keys if keys.count(k) > 1})
     if clashes:
@@ -100,11 +173,66 @@ def review_files(source: str | Path) -> list[Path]:
     return files
 
 
+def _no_review_files(path: Path, others: list[str]) -> str:
+    """The error for directory ``path`` holding only ``others`` (subdirectories end in /)."""
+    if not others:
+        return f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory (it is empty)"
+    listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+    subdirs = " (subdirectories are not searched)" if any(o.endswith("/") for o in others) else ""
+    return (f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory; it holds "
+            f"{listed}{subdirs}")
+
+
+def check_review_file(path: Path) -> None:
+    """Raise :class:`ReviewsError` when ``path`` cannot be opened, or its first bytes show it
+    is not JSON lines of the kind its name says (plain or gzip): renaming or converting the
+    file fixes these, reading around them would only lose it. Damage further in is left to
+    :func:`iter_reviews`, which keeps every line before it."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise ReviewsError(f"{path}: cannot read the review file ({exc.strerror or exc})") from None
+    gz = is_gzip_name(path)
+    if gz and head and not head.startswith(GZIP_MAGIC):
+        what = _foreign_format(head) or (
+            "plain JSON lines?" if head.lstrip()[:1] == b"{" else f"it starts with {head[:8]!r}"
+        )
+        raise ReviewsError(f"{path}: not gzip data despite the .gz suffix ({what}); rename or "
+                           "compress it")
+    if not gz and head.startswith(GZIP_MAGIC):
+        raise ReviewsError(f"{path}: gzip data without a .gz suffix; rename it to {path.name}.gz")
+    if gz:
+        try:
+            head = zlib.decompressobj(GZIP_WBITS).decompress(head, SNIFF_BYTES)
+        except zlib.error:
+            return  # damage right at the start: iter_reviews reports it with its offset
+    what = _foreign_format(head)
+    if what is not None:
+        raise ReviewsError(f"{path}: {what}, not JSON lines (one review object per line)")
+
+
+def _foreign_format(head: bytes) -> str | None:
+    """What a file starting with ``head`` is when it is plainly not JSON lines, else None."""
+    for magic, what in FOREIGN_FORMATS.items():
+        if head.startswith(magic):
+            return what
+    if head.lstrip()[:1] == b"[":
+        return "a JSON array (convert it to one object per line, e.g. `jq -c '.[]'`)"
+    if b"\0" in head[:2]:
+        return "not UTF-8 text: it starts with NUL bytes (UTF-16? zeroed?)"
+    return None
+
+
+def is_gzip_name(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
 def file_key(path: Path) -> str:
     """``movies.jsonl.gz`` -> ``movies``: the file part of review ids."""
     name = path.name
     for suffix in sorted(REVIEW_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
 
@@ -120,16 +248,43 @@ class Review:
     words: int
 
 
-def parse_review(raw: bytes | str, file: str, line: int) -> tuple[Review | None, str | None]:
+def decode_line(raw: bytes, offset: int | None = None, gz: bool = False
+                ) -> tuple[str | None, str | None]:
+    """UTF-8 ``raw`` as ``(text, None)``, a BOM at the start of the file dropped; else
+    ``(None, why)`` naming the bad byte, its byte offset in the (uncompressed) file when
+    ``offset`` (the line's) is given, and its column."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = "" if offset is None else (
+            f"byte offset {offset + exc.start}{' of the uncompressed data' if gz else ''}, ")
+        return None, (f"invalid UTF-8: byte 0x{raw[exc.start]:02x} at {where}"
+                      f"column {exc.start + 1} ({exc.reason})")
+    return (text[1:] if offset == 0 and text.startswith("\ufeff") else text), None
+
+
+def parse_review(raw: bytes | str, file: str, line: int, offset: int | None = None
+                 ) -> tuple[Review | None, str | None]:
     """Parse one JSON line: ``(review, None)``; ``(None, None)`` for a review with no text;
-    ``(None, why)`` for a malformed line."""
+    ``(None, why)`` for a line rejected, ``why`` starting with its reason (``not JSON``,
+    ``field 'overall'``...) before ``: `` and the details. ``offset``: the byte offset of a
+    ``bytes`` line, named when it is not UTF-8."""
+    if isinstance(raw, bytes):
+        raw, why = decode_line(raw, offset)
+        if raw is None:
+            return None, why
     try:
         obj = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return None, f"not JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        hint = " (single quotes: a Python literal, not JSON)" if raw.lstrip()[:2] == "{'" else ""
+        return None, f"not JSON: {exc}{hint}"
     if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}"
+        return None, f"not a JSON object: got {_JSON_TYPES.get(type(obj), type(obj).__name__)}"
     stars = obj.get("overall")
+    if "overall" not in obj:
+        hint = ("; 'rating'/'text' (the Amazon 2023 format) are not read" if "rating" in obj
+                else "")
+        return None, f"field 'overall': missing, expected stars 1-5{hint}"
     if isinstance(stars, bool) or not isinstance(stars, (int, float)) or stars not in range(1, 6):
         return None, f"field 'overall': expected stars 1-5, got {stars!r}"
     text = obj.get("reviewText")
@@ -138,16 +293,14 @@ def parse_review(raw: bytes | str, file: str, line: int) -> tuple[Review | None,
     text = clean_text(text or "")
     if not text:
         return None, None
+    asin, reviewer = str(obj.get("asin", "")), str(obj.get("reviewerID", ""))
+    for name, value in (("reviewText", text), ("asin", asin), ("reviewerID", reviewer)):
+        if _SURROGATE.search(value):
+            # JSON's \ud83d escapes decode to lone surrogates, which no file format can store.
+            return None, f"field {name!r}: a lone surrogate escape (\\ud800-\\udfff), not text"
     return (
-        Review(
-            text=text,
-            label=int(stars) - 1,
-            asin=str(obj.get("asin", "")),
-            reviewer=str(obj.get("reviewerID", "")),
-            file=file,
-            line=line,
-            words=word_count(text),
-        ),
+        Review(text=text, label=int(stars) - 1, asin=asin, reviewer=reviewer, file=file,
+               line=line, words=word_count(text)),
         None,
     )
 
@@ -160,7 +313,8 @@ class FileStats:
     reviews: int = 0
     no_text: int = 0
     malformed: int = 0
-    error: str | None = None  # a file-level error (e.g. truncated gzip) that ended its reading
+    malformed_by_reason: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # a read error (e.g. truncated gzip) that ended its reading
 
 
 @dataclass
@@ -170,49 +324,231 @@ class ReadStats:
 
     def add_malformed(self, stats: FileStats, line: int, why: str) -> None:
         stats.malformed += 1
+        reason = why.split(": ", 1)[0]
+        stats.malformed_by_reason[reason] = stats.malformed_by_reason.get(reason, 0) + 1
         if len(self.malformed) < MAX_LISTED_MALFORMED:
             self.malformed.append({"file": stats.file, "line": line, "error": why})
 
     def total(self, name: str) -> int:
         return sum(getattr(f, name) for f in self.files)
 
+    def by_reason(self) -> dict[str, int]:
+        """Rejected lines per reason, over all files, most frequent first."""
+        counts: dict[str, int] = {}
+        for f in self.files:
+            for reason, n in f.malformed_by_reason.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+class _ReadError(Exception):
+    """A file stopped being readable: what happened, at which byte of the file as stored
+    (None: unknown), and how many bytes of a partial last line were dropped."""
+
+    def __init__(self, what: str, offset: int | None):
+        super().__init__(what)
+        self.what, self.offset, self.partial = what, offset, 0
+
+
+def _stored_blocks(fh) -> Iterator[bytes]:
+    """The bytes of open file ``fh``, READ_BLOCK at a time."""
+    offset = 0
+    while True:
+        try:
+            block = fh.read(READ_BLOCK)
+        except OSError as exc:
+            raise _ReadError(exc.strerror or str(exc), offset) from None
+        if not block:
+            return
+        offset += len(block)
+        yield block
+
+
+def _gunzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The data of the gzip members in ``blocks``, yielded as it is inflated, so that damage
+    raises :class:`_ReadError` (at its compressed byte offset) only after every byte decoded
+    before it. Zero padding between members is allowed, as by ``gzip``."""
+    inflater = None  # the current member's; None between members
+    pos = 0  # compressed bytes consumed
+    for block in blocks:
+        while block:
+            if inflater is None:
+                stripped = block.lstrip(b"\0")
+                pos, block = pos + len(block) - len(stripped), stripped
+                if not block:
+                    break
+                if pos and block[:2] != GZIP_MAGIC[: len(block)]:
+                    raise _ReadError("data after the end of the gzip stream, not gzip", pos)
+                inflater = zlib.decompressobj(GZIP_WBITS)
+            piece, block = block[:GZIP_PIECE], block[GZIP_PIECE:]
+            before = inflater.copy()
+            try:
+                out = inflater.decompress(piece)
+            except zlib.error as exc:
+                yield from _inflate_until_error(before, piece, pos, exc)
+            if out:
+                yield out
+            if inflater.eof:
+                rest = inflater.unused_data
+                pos, block, inflater = pos + len(piece) - len(rest), rest + block, None
+            else:
+                pos += len(piece)
+    if inflater is not None:
+        if tail := inflater.flush():
+            yield tail
+        raise _ReadError("the compressed data ends early (a truncated file?)", pos)
+
+
+def _inflate_until_error(inflater, piece: bytes, pos: int, exc: zlib.error) -> Iterator[bytes]:
+    """Inflate ``piece`` a byte at a time from the state before it, yielding all that decodes
+    before the damage, then raise :class:`_ReadError` at the damaged byte."""
+    reason = str(exc).split(": ", 1)[-1]  # "Error -3 while decompressing data: <reason>"
+    for i in range(len(piece)):
+        try:
+            out = inflater.decompress(piece[i : i + 1])
+        except zlib.error:
+            raise _ReadError(f"corrupt compressed data ({reason})", pos + i) from None
+        if out:
+            yield out
+    raise _ReadError(f"corrupt compressed data ({reason})", pos)
+
+
+def _split_lines(blocks: Iterator[bytes]) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, byte offset of its start)`` for each line of ``blocks``, without its newline; a
+    final line without one counts. A line over MAX_LINE_BYTES comes as ``None``, never held
+    whole. A :class:`_ReadError` from ``blocks`` is raised after the complete lines before it,
+    with the size of the partial line it cut."""
+    offset = size = 0  # the current line's start and its bytes so far
+    head: list[bytes] = []  # its bytes so far, while it is not too long
+    try:
+        for block in blocks:
+            *complete, rest = block.split(b"\n")
+            for part in complete:
+                size += len(part)
+                yield (b"".join((*head, part)) if size <= MAX_LINE_BYTES else None), offset
+                offset, size, head = offset + size + 1, 0, []
+            size += len(rest)
+            head = [*head, rest] if size <= MAX_LINE_BYTES else []
+        if size:
+            yield (b"".join(head) if size <= MAX_LINE_BYTES else None), offset
+    except _ReadError as exc:
+        exc.partial = size
+        raise
+
+
+def _file_lines(path: Path) -> Iterator[tuple[bytes | None, int]]:
+    """:func:`_split_lines` of the data of review file ``path``, gunzipped for ``.gz``."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise _ReadError(f"cannot open it ({exc.strerror or exc})", None) from None
+    with fh:
+        blocks = _stored_blocks(fh)
+        yield from _split_lines(_gunzip(blocks) if is_gzip_name(path) else blocks)
+
+
+def _warn(message: str) -> None:
+    """One line on stderr, between progress bars."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def iter_reviews(
     paths: Sequence[Path], chunk_size: int, stats: ReadStats, progress: bool = True
 ) -> Iterator[Review]:
-    """Stream the reviews of ``paths``, reading ``chunk_size`` lines at a time; blank, text-less
-    and malformed lines are counted in ``stats`` (malformed ones listed with line numbers)."""
+    """Stream the reviews of ``paths`` line by line (the progress bar moves every
+    ``chunk_size`` lines); blank, text-less and malformed lines are counted in ``stats``
+    (malformed ones listed with line numbers). A read error (a truncated or corrupt gzip
+    stream, an I/O error) ends the file after every complete line before it; it is recorded
+    and shown on stderr at once."""
     for path in paths:
         fstats = FileStats(file=path.name)
         stats.files.append(fstats)
-        key = file_key(path)
         bar = tqdm(desc=path.name, unit=" lines", unit_scale=True, disable=not progress)
         try:
-            with _open_binary(path) as fh:
-                while chunk := list(itertools.islice(fh, chunk_size)):
-                    for raw in chunk:
-                        fstats.lines += 1
-                        if not raw.strip():
-                            fstats.blank += 1
-                            continue
-                        review, why = parse_review(raw, key, fstats.lines)
-                        if review is not None:
-                            fstats.reviews += 1
-                            yield review
-                        elif why is None:
-                            fstats.no_text += 1
-                        else:
-                            stats.add_malformed(fstats, fstats.lines, why)
-                    bar.update(len(chunk))
-        except (EOFError, OSError, zlib.error) as exc:
-            # A truncated or corrupt gzip stream: keep what was read, report the file.
-            fstats.error = f"read error after line {fstats.lines}: {exc}"
+            yield from _file_reviews(path, fstats, stats, chunk_size, bar)
         finally:
             bar.close()
+        if fstats.error is not None:
+            _warn(f"{path}: {fstats.error}")
+
+
+def _file_reviews(path: Path, fstats: FileStats, stats: ReadStats, chunk_size: int, bar
+                  ) -> Iterator[Review]:
+    """The reviews of one file, counting its lines in ``fstats``; a read error is recorded."""
+    key, gz = file_key(path), is_gzip_name(path)
+    try:
+        for raw, offset in _file_lines(path):
+            fstats.lines += 1
+            if fstats.lines % chunk_size == 0:
+                bar.update(chunk_size)
+            if raw is None:
+                stats.add_malformed(fstats, fstats.lines,
+                                    f"line too long: over {MAX_LINE_BYTES} bytes")
+                continue
+            if not raw.strip():
+                fstats.blank += 1
+                continue
+            text, why = decode_line(raw, offset, gz)
+            review = None
+            if text is not None:
+                review, why = parse_review(text, key, fstats.lines)
+            if review is not None:
+                fstats.reviews += 1
+                yield review
+            elif why is None:
+                fstats.no_text += 1
+            else:
+                stats.add_malformed(fstats, fstats.lines, why)
+    except _ReadError as exc:
+        fstats.error = _read_error_message(exc, fstats.lines, gz)
+    bar.update(fstats.lines % chunk_size)
+
+
+def _read_error_message(exc: _ReadError, lines: int, gz: bool) -> str:
+    """One phrase: where reading stopped, why, and what was used."""
+    where = "" if exc.offset is None else (
+        f", byte {exc.offset}{' of the compressed file' if gz else ''}")
+    used = f"used the {lines} complete lines before it" if lines else "no line was read"
+    dropped = f"; dropped a partial line of {exc.partial} bytes" if exc.partial else ""
+    return f"read error at line {lines + 1}{where}: {exc.what}; {used}{dropped}"
+
+
+def file_summary(f: FileStats, stats: ReadStats) -> str:
+    """What a file gave, for messages: ``empty``, or its lines and why they were not reviews."""
+    if f.lines == 0:
+        return f.error or "empty file"
+    parts = [f"{n} {reason}" for reason, n in
+             sorted(f.malformed_by_reason.items(), key=lambda kv: -kv[1])]
+    parts += [f"{n} {what}" for what, n in (("without text", f.no_text), ("blank", f.blank)) if n]
+    summary = f"{f.reviews} reviews in {f.lines} lines"
+    if parts:
+        summary += f" (rejected: {', '.join(parts)})"
+    first = next((m for m in stats.malformed if m["file"] == f.file), None)
+    if first is not None:
+        summary += f", e.g. line {first['line']}: {first['error']}"
+    return summary if f.error is None else f"{summary}; {f.error}"
+
+
+def source_name(paths: Sequence[Path]) -> str:
+    """The source that ``paths`` came from: the file, or the directory holding them."""
+    return str(paths[0] if len(paths) == 1 else os.path.commonpath([str(p) for p in paths]))
+
+
+def check_usable(paths: Sequence[Path], stats: ReadStats) -> None:
+    """Raise :class:`ReviewsError` when the files read gave no review at all, summing up each
+    file's read error and rejections; else warn of each file that gave none."""
+    if stats.total("reviews"):
+        for path, f in zip(paths, stats.files, strict=True):
+            if f.reviews == 0 and f.error is None:  # a read error was shown when it happened
+                _warn(f"{path}: no usable review: {file_summary(f, stats)}")
+        return
+    if len(stats.files) == 1:
+        raise ReviewsError(f"{paths[0]}: no usable review: {file_summary(stats.files[0], stats)}")
+    shown = [f"{f.file}: {file_summary(f, stats)}" for f in stats.files[:MAX_FILES_IN_MESSAGE]]
+    if len(stats.files) > MAX_FILES_IN_MESSAGE:
+        shown.append(f"and {len(stats.files) - MAX_FILES_IN_MESSAGE} more files")
+    raise ReviewsError(f"{source_name(paths)}: no usable review in {len(stats.files)} files: "
+                       f"{'; '.join(shown)}")
 
 
 # --- length and label matching ----------------------------------------------------------
@@ -532,7 +868,8 @@ def mine_reviews(
 ) -> MinedReviews:
     """Steps 1–3 of the module docstring for a prepared SST train table (``sentence``,
     ``label``) and review files ``paths``; ``encode`` is never called (and may be None) when
-    ``cfg.selection`` is ``random``."""
+    ``cfg.selection`` is ``random``. A source that gives no review, none in SST's length range
+    or none kept is a :class:`ReviewsError`, not an empty table."""
     check_config(cfg)
     if cfg.selection == "centroid" and encode is None:
         raise ReviewsError("augment.reviews.selection is 'centroid': a sentence encoder is needed")
@@ -542,6 +879,12 @@ def mine_reviews(
     candidates, stats, counts = sample_candidates(
         paths, targets, capacities, cfg.chunk_size, cfg.seed, progress
     )
+    check_usable(paths, stats)
+    if not candidates:
+        raise ReviewsError(
+            f"{source_name(paths)}: none of its {stats.total('reviews')} reviews is "
+            f"{targets.edges[0]:g}-{targets.edges[-1]:g} words long (SST train's range)"
+        )
     cand_labels = np.array([r.label for r in candidates], dtype=np.int64)
     cand_cells = cand_labels * targets.n_bins + targets.bins_of([r.words for r in candidates])
     cell_quota = {
@@ -562,6 +905,11 @@ def mine_reviews(
         kept = top_per_group(keys, cand_cells, cell_quota)
         scores = np.full(len(candidates), np.nan)
         sst_encoded = cand_encoded = 0
+    if not len(kept):
+        raise ReviewsError(
+            f"{source_name(paths)}: no review kept: candidates per label "
+            f"{counts['sampled_per_label']}, quotas per label {label_quotas.tolist()}"
+        )
 
     rows = [candidates[i] for i in kept]
     table = pd.DataFrame(
@@ -591,6 +939,8 @@ def mine_reviews(
         "blank_lines": stats.total("blank"),
         "reviews_without_text": stats.total("no_text"),
         "malformed_lines": stats.total("malformed"),
+        "malformed_by_reason": stats.by_reason(),
+        "read_errors": {f.file: f.error for f in stats.files if f.error is not None},
         "malformed": stats.malformed,  # the first MAX_LISTED_MALFORMED
         "length_bin_edges_words": targets.edges.tolist(),
         **counts,

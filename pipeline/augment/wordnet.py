@@ -15,6 +15,8 @@ from pathlib import Path
 import nltk
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+from pipeline.errors import UserError
+
 # The files WordNetCorpusReader opens (nltk.corpus.reader.wordnet.WordNetCorpusReader._FILES).
 REQUIRED_FILES = (
     "lexnames",
@@ -36,7 +38,7 @@ _POS_FILES = (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv"))
 _SYNTACTIC_MARKER = re.compile(r"\([^()]*\)$")
 
 
-class WordNetMissingError(FileNotFoundError):
+class WordNetMissingError(UserError):
     """WordNet is not installed where nltk looks; the message says how to install it."""
 
 

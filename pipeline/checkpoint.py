@@ -1,0 +1,91 @@
+"""Training state on disk without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a directory of two files: ``tensors.safetensors`` (every tensor of the state, by
+a path-like key) and ``state.json`` (the rest: numbers, strings, lists, dicts, with each tensor
+replaced by ``{"__tensor__": key}``). Loading parses JSON and safetensors' header and raw buffers
+only, so a crafted file can be rejected but never run code, unlike ``torch.load`` of a pickle.
+Nested containers round-trip: tuples come back as lists, dicts with non-string keys (an
+optimiser's per-parameter state is keyed by int) as ``{"__items__": [[key, value], …]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+
+STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
+
+
+class CheckpointError(UserError):
+    """A checkpoint on disk cannot be used; the message names it and says what to do."""
+
+
+def _split(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().contiguous().cpu()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _split(v, f"{key}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, _split(v, f"{key}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    raise TypeError(f"checkpoint: {key}: cannot store a {type(obj).__name__} without pickle")
+
+
+def _join(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            if obj["__tensor__"] not in tensors:
+                raise CheckpointError(f"{where}: tensor {obj['__tensor__']!r} is missing")
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        if set(obj) == {"__items__"}:
+            return {k: _join(v, tensors, where) for k, v in obj["__items__"]}
+        return {k: _join(v, tensors, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join(v, tensors, where) for v in obj]
+    return obj
+
+
+def save_state(state: dict[str, Any], directory: Path) -> None:
+    """Write ``state`` (nested dicts, lists, numbers, strings and tensors) to ``directory``,
+    atomically: a reader sees the previous checkpoint or this one, never a mix."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain = _split(state, "", tensors)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / TENSORS_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(plain))
+
+
+def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a :func:`save_state` directory; anything unreadable is a :class:`CheckpointError`
+    naming the directory and what to do."""
+    advice = f"delete {directory} to start this run afresh"
+    try:
+        plain = json.loads((directory / STATE_FILE).read_text())
+        tensors = load_file(str(directory / TENSORS_FILE), device=str(device))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{directory}: incomplete checkpoint ({Path(exc.filename).name} "
+                              f"missing); {advice}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{directory}: unreadable checkpoint ({reason}); {advice}") from None
+    if not isinstance(plain, dict):
+        raise CheckpointError(f"{directory}/{STATE_FILE}: expected a JSON object; {advice}")
+    return _join(plain, tensors, str(directory))
