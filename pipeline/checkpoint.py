@@ -73,19 +73,29 @@ def save_state(state: dict[str, Any], directory: Path) -> None:
         (tmp / STATE_FILE).write_text(json.dumps(plain))
 
 
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Read a :func:`save_state` directory; anything unreadable is a :class:`CheckpointError`
     naming the directory and what to do."""
     advice = f"delete {directory} to start this run afresh"
+    state_path, tensors_path = directory / STATE_FILE, directory / TENSORS_FILE
+    for path in (state_path, tensors_path):
+        if not path.is_file():
+            what = "missing" if not path.exists() else "not a file"
+            raise CheckpointError(f"{path}: incomplete checkpoint ({what}); {advice}")
     try:
-        plain = json.loads((directory / STATE_FILE).read_text())
-        tensors = load_file(str(directory / TENSORS_FILE), device=str(device))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{directory}: incomplete checkpoint ({Path(exc.filename).name} "
-                              f"missing); {advice}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise CheckpointError(f"{directory}: unreadable checkpoint ({reason}); {advice}") from None
+        plain = json.loads(state_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_path}: unreadable checkpoint state ({_reason(exc)}); "
+                              f"{advice}") from None
+    try:
+        tensors = load_file(str(tensors_path), device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{tensors_path}: unreadable checkpoint tensors, not a complete "
+                              f"safetensors file ({_reason(exc)}); {advice}") from None
     if not isinstance(plain, dict):
         raise CheckpointError(f"{directory}/{STATE_FILE}: expected a JSON object; {advice}")
     return _join(plain, tensors, str(directory))

@@ -510,6 +510,20 @@ class _ParamsLoader(yaml.SafeLoader):
     as a string; this loader reads it as the float it is."""
 
 
+def _unique_keys_mapping(loader: _ParamsLoader, node: yaml.MappingNode, deep: bool = False):
+    """A mapping whose keys are unique: YAML would let a repeated key silently win."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice "
+                              f"in one mapping (first on line {seen[key]}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              lambda loader, node: _unique_keys_mapping(loader, node))
 _ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -521,6 +535,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: not found; run from the project root") from exc
     except IsADirectoryError as exc:

@@ -375,7 +375,10 @@ class Trainer:
             log.warning("%s: a pickle checkpoint of an earlier version; not loaded (pickles can "
                         "run code), training from the start", self.legacy_checkpoint)
         if not self.checkpoint_path.exists():
-            shutil.rmtree(self.best_dir, ignore_errors=True)  # not this run's: never ship it
+            if self.best_dir.exists():  # not this run's: never ship it
+                log.warning("%s: a best snapshot without its run's checkpoint; removed, "
+                            "training from the start", self.best_dir)
+                shutil.rmtree(self.best_dir)
             return 0, None
         state = load_state(self.checkpoint_path, self.device)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
@@ -598,6 +601,10 @@ def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
 
     Returns the metrics written to ``out_dir/metrics.json``.
     """
+    for path, what in ((out_dir, "output"), (checkpoint_dir, "checkpoint")):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: not a directory; the {what} directory must be one "
+                            f"(move the file away)")
     recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
     if member.train.num_threads:
         torch.set_num_threads(member.train.num_threads)

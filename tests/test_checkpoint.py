@@ -55,7 +55,7 @@ def test_a_pickle_in_place_of_the_tensors_is_never_run(tmp_path):
     save_state({"x": torch.ones(2)}, tmp_path / "last")
     marker = tmp_path / "pwned"
     (tmp_path / "last" / TENSORS_FILE).write_bytes(pickle.dumps(WritesMarker(marker)))
-    with pytest.raises(CheckpointError, match=r"last: unreadable checkpoint .*delete"):
+    with pytest.raises(CheckpointError, match=r"tensors.safetensors: unreadable .*delete"):
         load_state(tmp_path / "last")
     assert not marker.exists()
 
@@ -74,7 +74,8 @@ def test_damaged_checkpoints_are_errors_naming_them(tmp_path, damage):
     with pytest.raises(CheckpointError) as info:
         load_state(last)
     message = str(info.value)
-    assert message.startswith(f"{last}: ") and "to start this run afresh" in message
+    damaged = TENSORS_FILE if damage == "truncate tensors" else STATE_FILE
+    assert message.startswith(f"{last / damaged}: ") and f"delete {last} to start" in message
     assert "\n" not in message
 
 

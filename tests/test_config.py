@@ -517,3 +517,12 @@ def test_a_params_file_elsewhere_is_named_in_its_errors(tmp_path):
     assert "\n" not in str(info.value) and "variant.yaml: not valid YAML" in str(info.value)
     with pytest.raises(ConfigError, match="is a directory"):
         load_params(tmp_path)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_winning(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1.0e-5\n  epochs: 2\n  lr: 2.0e-5\nmodels: {m: {}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == (f"{path}: line 4: key 'lr' appears twice in one mapping (first "
+                               f"on line 2); keep one")

@@ -22,6 +22,7 @@ from test_train import member_for, synthetic_frames
 
 from pipeline.checkpoint import STATE_FILE, CheckpointError, save_state
 from pipeline.data import SPLITS, prepared_path
+from pipeline.errors import UserError
 from pipeline.io import write_parquet
 from pipeline.train import (
     BEST_DIR,
@@ -30,6 +31,7 @@ from pipeline.train import (
     Trainer,
     TrainingError,
     load_tokenizer,
+    run_member,
     tokenize_member_data,
 )
 
@@ -136,11 +138,19 @@ def test_another_configs_best_is_never_shipped(tiny_bert, tmp_path, caplog):
     assert "another config" in caplog.text and not (tmp_path / BEST_DIR).exists()
 
 
-def test_a_best_snapshot_without_its_checkpoint_is_dropped(tiny_bert, tmp_path):
+def test_a_best_snapshot_without_its_checkpoint_is_dropped(tiny_bert, tmp_path, caplog):
     member, data, tokenizer = fitted(tiny_bert, tmp_path)
     os.rename(tmp_path / CHECKPOINT_DIR, tmp_path / "elsewhere")
     assert Trainer(member, data, tokenizer, tmp_path)._load_checkpoint() == (0, None)
     assert not (tmp_path / BEST_DIR).exists()
+    assert "best snapshot without its run's checkpoint; removed" in caplog.text
+
+
+def test_a_file_where_the_checkpoint_dir_should_be_is_an_error(tiny_bert, tmp_path):
+    member = member_for(tiny_bert, epochs=1)
+    (tmp_path / "ckpt").write_text("not a directory")
+    with pytest.raises(UserError, match=r"ckpt: not a directory; the checkpoint directory"):
+        run_member(member, synthetic_frames(12, 2), tmp_path / "out", tmp_path / "ckpt")
 
 
 class WritesMarker:
