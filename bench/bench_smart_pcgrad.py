@@ -63,10 +63,10 @@ from pipeline.config import (
 from pipeline.data import read_task_split
 from pipeline.evaluate import autocast
 from pipeline.losses import task_loss
-from pipeline.model import MultitaskModel
+from pipeline.model import MultitaskModel, load_tokenizer
 from pipeline.pcgrad import PCGrad
 from pipeline.smart import eval_mode, smart_regularizer, smoothness_loss
-from pipeline.train import build_optimizer, load_tokenizer, task_step_loss
+from pipeline.train import build_optimizer, task_step_loss
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"

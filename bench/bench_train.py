@@ -26,10 +26,9 @@ import torch
 from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
 from pipeline.data import prepare
 from pipeline.losses import task_loss
-from pipeline.model import MultitaskModel
+from pipeline.model import MultitaskModel, load_tokenizer
 from pipeline.train import (
     Trainer,
-    load_tokenizer,
     member_frames,
     resolve_device,
     tokenize_member_data,

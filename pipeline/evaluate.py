@@ -8,6 +8,7 @@ the mean of the same per-task terms over its own tasks.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,11 @@ from pipeline.batching import TokenizedTask, batch_indices, collate
 from pipeline.model import MultitaskModel
 
 METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_pearson"}
+# What the classifiers' ``pred`` values 0…K mean.
+CLASS_NAMES = {
+    "sst": ("negative", "somewhat negative", "neutral", "somewhat positive", "positive"),
+    "qqp": ("not duplicate", "duplicate"),
+}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -48,8 +54,10 @@ def outputs_to_frame(task: str, ids: list[str], raw: np.ndarray) -> pd.DataFrame
 
 @torch.inference_mode()
 def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device: torch.device,
-            precision: str, pad_id: int) -> pd.DataFrame:
-    """Predictions for every example of ``data``, in its original order."""
+            precision: str, pad_id: int,
+            progress: Callable[[int], object] | None = None) -> pd.DataFrame:
+    """Predictions for every example of ``data``, in its original order, in length-sorted
+    batches (little padding). ``progress`` is called with each batch's size as it is queued."""
     was_training = model.training
     model.eval()
     width = 5 if data.task == "sst" else None
@@ -61,6 +69,8 @@ def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device:
             with autocast(device, precision):
                 out = model(data.task, batch.inputs)
             chunks.append((index, out.float()))
+            if progress is not None:
+                progress(len(index))
     finally:
         model.train(was_training)
     # One host transfer per batch, after all batches are queued.

@@ -19,8 +19,6 @@ atomically:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,11 +30,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.batching import batch_indices, collate, tokenize_task
-from pipeline.config import ModelConfig, build
 from pipeline.evaluate import METRIC_NAMES, task_metric
 from pipeline.io import atomic_path
 from pipeline.model import MultitaskModel
-from pipeline.train import MEMBER_CONFIG_FILE, load_member_weights, load_tokenizer
 
 SST_CLASSES = ("negative", "somewhat neg.", "neutral", "somewhat pos.", "positive")
 TASK_TITLES = {"sst": "SST accuracy", "qqp": "QQP accuracy", "sts": "STS Pearson r"}
@@ -200,18 +196,10 @@ def sentence_embeddings(model_dir: str | Path, sst: pd.DataFrame, batch_size: in
                         device: str = "cpu") -> np.ndarray:
     """The pooled SST sentence vectors (what the SST head reads) of a saved member, one row per
     row of ``sst`` (an SST table: ``id``, ``sentence``)."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / MEMBER_CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path}: not a saved member (no {MEMBER_CONFIG_FILE})")
-    saved = json.loads(config_path.read_text())
-    cfg = build(ModelConfig, saved["model"], f"{config_path}: model")
-    if "sst" not in saved["tasks"]:
-        raise ValueError(f"{config_path}: tasks {saved['tasks']} have no sst head")
-    # The backbone comes from the member dir itself, not from the hub or the minilm package.
-    cfg = dataclasses.replace(cfg, backbone=str(model_dir))
-    model = load_member_weights(MultitaskModel(cfg, saved["tasks"]), model_dir).eval().to(device)
-    tokenizer = load_tokenizer(str(model_dir))
+    model = MultitaskModel.from_pretrained(model_dir, device)
+    if "sst" not in model.tasks:
+        raise ValueError(f"{model_dir}: tasks {model.tasks} have no sst head")
+    cfg, tokenizer = model.cfg, model.tokenizer
     data = tokenize_task("sst", sst, tokenizer, cfg.max_length, cfg.pair_encoding)
     vectors = np.zeros((len(data), model.backbone.config.hidden_size), dtype=np.float32)
     for index in batch_indices(data.lengths(), batch_size, rng=None, group_by_length=True):

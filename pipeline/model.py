@@ -6,23 +6,40 @@ concatenation of ``pair_features`` drawn from u, v, diff = |u−v|, prod = u⊙v
 BEST-FiT's baseBERT concatenates the two embeddings, [u, v] (its Figure 1); the default
 [u, v, |u−v|, u⊙v] is Sentence-BERT's (Reimers & Gurevych 2019). Heads: SST 5 logits, QQP 1
 logit, STS 1 value, computed in fp32 even under bf16 autocast.
+
+A trained member is saved as a Hugging Face style directory (``save_member``): the backbone's
+``config.json`` and safetensors, its tokenizer, the pooler and heads as ``heads.safetensors`` and
+the member config as ``bestfit.json``; ``MultitaskModel.from_pretrained(dir)`` loads it back in
+one call. Only safetensors and JSON are read: loading a member never unpickles anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from pipeline.config import HeadConfig, ModelConfig
+from pipeline.config import ConfigError, HeadConfig, MemberConfig, ModelConfig, build
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
 
 TASK_OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}
 PAIR_TASKS = ("qqp", "sts")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# A saved member's own files, beside the backbone's and the tokenizer's (save_member).
+MEMBER_CONFIG_FILE = "bestfit.json"
+HEADS_FILE = "heads.safetensors"
+# The files a saved tokenizer's vocabulary lives in (fast; WordPiece or BPE; SentencePiece).
+TOKENIZER_VOCABULARY = ("tokenizer.json", "vocab.*", "*.model")
 # The parts a separately encoded pair's feature may concatenate (``model.pair_features``).
 PAIR_FEATURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "u": lambda u, v: u,
@@ -66,6 +83,11 @@ def load_backbone(name: str) -> nn.Module:
             " (no hub access? point model.backbone at a local directory, or use `minilm`)"
         )
         raise OSError(f"cannot load backbone {name!r} from {path!r}{hint}: {exc}") from exc
+
+
+def load_tokenizer(backbone: str):
+    """The tokenizer of a backbone name (``minilm``, a hub id or a local directory)."""
+    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
 
 
 class AttentionPooling(nn.Module):
@@ -129,6 +151,9 @@ class MultitaskModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tasks = list(tasks)
+        # Set by from_pretrained: the config the member was trained with and its tokenizer.
+        self.member: MemberConfig | None = None
+        self.tokenizer = None
         self.backbone = drop_pooler(backbone) if backbone is not None else load_backbone(
             cfg.backbone)
         dim = self.backbone.config.hidden_size
@@ -141,6 +166,44 @@ class MultitaskModel(nn.Module):
                 for task in self.tasks
             }
         )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"
+                        ) -> MultitaskModel:
+        """A saved member (``save_member``'s directory), ready to predict: in eval mode on
+        ``device``, with ``member`` (its :class:`MemberConfig`) and ``tokenizer`` set.
+
+        The backbone is built from the directory's own ``config.json`` and weights, never from
+        the hub or the backbone the member was trained from. A directory that is not a complete
+        saved member raises :class:`SavedModelError` naming the file and what is missing.
+        """
+        directory = Path(directory)
+        member = read_member_config(directory)
+        # Without its vocabulary file transformers builds a tokenizer of special tokens only,
+        # which would turn every word into [UNK] without a word of warning.
+        if not any(next(directory.glob(pattern), None) for pattern in TOKENIZER_VOCABULARY):
+            raise SavedModelError(f"{directory}: no tokenizer vocabulary "
+                                  f"({', '.join(TOKENIZER_VOCABULARY)}); a saved member holds "
+                                  f"its tokenizer")
+        # Loading must not move the caller's random stream: building the layers draws from it
+        # before the saved weights overwrite them.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                config = AutoConfig.from_pretrained(directory)
+            except (OSError, ValueError) as exc:
+                raise SavedModelError(f"{directory}: no usable backbone config.json "
+                                      f"({' '.join(str(exc).split())})") from None
+            backbone = AutoModel.from_config(config, dtype=torch.float32)
+            model = cls(dataclasses.replace(member.model, backbone=str(directory)), member.tasks,
+                        backbone=backbone)
+        load_member_weights(model, directory)
+        try:
+            model.tokenizer = AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError) as exc:
+            raise SavedModelError(f"{directory}: no usable tokenizer files "
+                                  f"({' '.join(str(exc).split())})") from None
+        model.member = member
+        return model.eval().to(device)
 
     def input_embeddings(self, inputs: list[Encoding]) -> list[Tensor]:
         """The backbone's word embeddings of each sequence (the point SMART perturbs)."""
@@ -187,3 +250,89 @@ class MultitaskModel(nn.Module):
 def cosine_distance(u: Tensor, v: Tensor) -> Tensor:
     """d = 1 − cos(u, v), per row."""
     return 1.0 - F.cosine_similarity(u.float(), v.float(), dim=-1)
+
+
+# --- a trained member on disk ------------------------------------------------------------------
+
+
+class SavedModelError(UserError):
+    """A directory that is not a complete saved member; the message names the file and what is
+    missing or does not match."""
+
+
+def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, directory: Path) -> None:
+    """An HF-format dir: the backbone (config + safetensors) and tokenizer, the heads and pooler
+    as ``heads.safetensors``, and the member config as ``bestfit.json``."""
+    with atomic_path(directory) as tmp:
+        model.backbone.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        extra = {n: p.detach().contiguous().cpu() for n, p in model.state_dict().items()
+                 if not n.startswith("backbone.")}
+        save_file(extra, str(tmp / HEADS_FILE))
+        (tmp / MEMBER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(member), indent=2))
+
+
+def _params_keys(node: Any) -> Any:
+    """``dataclasses.asdict`` keys as params.yaml spells them (``lambda_`` is ``lambda``)."""
+    if isinstance(node, dict):
+        return {key.rstrip("_"): _params_keys(value) for key, value in node.items()}
+    return node
+
+
+def read_member_config(directory: str | Path) -> MemberConfig:
+    """The member config a saved member was trained with (its ``bestfit.json``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "not found" if not directory.exists() else "not a directory"
+        raise SavedModelError(f"{directory}: {what}; expected a saved member's model directory "
+                              f"(models/<member>/seed_<seed>/model)")
+    path = directory / MEMBER_CONFIG_FILE
+    if not path.is_file():
+        raise SavedModelError(f"{path}: missing; {directory} is not a saved bestfit member "
+                              f"(expected {MEMBER_CONFIG_FILE} beside {HEADS_FILE} and the "
+                              f"backbone's config.json)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return build(MemberConfig, _params_keys(saved), str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SavedModelError(f"{path}: not valid JSON ({exc})") from None
+    except ConfigError as exc:
+        raise SavedModelError(str(exc)) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise SavedModelError(f"{path}: missing; a saved member holds its weights there") from None
+    except SafetensorError as exc:
+        raise SavedModelError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskModel:
+    """Load a saved member's backbone, heads and pooler into ``model`` (built from its config);
+    every tensor must be there and fit."""
+    directory = Path(directory)
+    shards = sorted(directory.glob("model*.safetensors"))
+    if not shards:
+        pickled = " (only a pickle, pytorch_model.bin, which is never loaded)" if (
+            directory / "pytorch_model.bin").exists() else ""
+        raise SavedModelError(f"{directory}: no backbone weights model*.safetensors{pickled}")
+    backbone_state = {}
+    for shard in shards:
+        backbone_state.update(_read_safetensors(shard))
+    heads = _read_safetensors(directory / HEADS_FILE)
+    for what, module, state in (("backbone weights", model.backbone, backbone_state),
+                                (HEADS_FILE, model, heads)):
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            raise SavedModelError(f"{directory}: {what} do not fit the model of "
+                                  f"{MEMBER_CONFIG_FILE} ({' '.join(str(exc).split())})") from None
+        if module is model:  # the backbone's tensors come from the shards
+            missing = [n for n in missing if not n.startswith("backbone.")]
+        if missing or unexpected:
+            raise SavedModelError(f"{directory}: {what} do not match the model of "
+                                  f"{MEMBER_CONFIG_FILE}: missing {missing}, unexpected "
+                                  f"{unexpected}")
+    return model

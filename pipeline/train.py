@@ -30,9 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from pipeline.batching import Batch, TokenizedTask, collate, epoch_batches, tokenize_task
 from pipeline.checkpoint import CheckpointError, load_state, save_state
@@ -60,14 +58,15 @@ from pipeline.model import (
     PAIR_TASKS,
     MultitaskModel,
     cosine_distance,
-    resolve_backbone,
+    load_member_weights,
+    load_tokenizer,
+    save_member,
 )
+from pipeline.model_card import CARD_FILE, model_card
 from pipeline.pcgrad import PCGrad
 from pipeline.schedule import data_fraction, epoch_tasks
 from pipeline.smart import smart_regularizer
 
-MEMBER_CONFIG_FILE = "bestfit.json"
-HEADS_FILE = "heads.safetensors"
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
@@ -564,37 +563,6 @@ class Trainer:
         self.live.next_step()
 
 
-def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, directory: Path) -> None:
-    """An HF-format dir: the backbone (config + safetensors) and tokenizer, the heads and pooler
-    as ``heads.safetensors``, and the member config as ``bestfit.json``."""
-    with atomic_path(directory) as tmp:
-        model.backbone.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        extra = {n: p.detach().contiguous().cpu() for n, p in model.state_dict().items()
-                 if not n.startswith("backbone.")}
-        save_file(extra, str(tmp / HEADS_FILE))
-        (tmp / MEMBER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(member), indent=2))
-
-
-def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskModel:
-    """Load a saved member's backbone, heads and pooler into ``model`` (built from its config)."""
-    # The backbone's own safetensors shards, read straight into the model built from its config.
-    backbone_state = {}
-    for shard in sorted(Path(directory).glob("model*.safetensors")):
-        backbone_state.update(load_file(str(shard)))
-    model.backbone.load_state_dict(backbone_state)
-    missing, unexpected = model.load_state_dict(load_file(str(directory / HEADS_FILE)),
-                                                strict=False)
-    if unexpected or any(not n.startswith("backbone.") for n in missing):
-        raise ValueError(f"{directory / HEADS_FILE}: does not match the model "
-                         f"(missing {missing}, unexpected {unexpected})")
-    return model
-
-
-def load_tokenizer(backbone: str):
-    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
-
-
 def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]], out_dir: Path,
                checkpoint_dir: Path, live=None) -> dict[str, float]:
     """Train ``member`` and write its model dir, dev/test predictions and metrics to ``out_dir``.
@@ -631,4 +599,5 @@ def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
         for task, frame in test_predictions.items():
             write_parquet(frame, tmp["predictions"] / f"{task}_test.parquet")
         write_json(metrics, tmp["metrics.json"])
+        (tmp["model"] / CARD_FILE).write_text(model_card(member, metrics))  # this seed's scores
     return metrics

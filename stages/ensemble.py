@@ -1,23 +1,26 @@
 """DVC stage `ensemble`: average every seed of the members named in params `ensemble:` per task.
 
     python stages/ensemble.py --prepared data/prepared --models models --metrics metrics.json
-        --predictions predictions --submission submission --plots plots [--params params.yaml]
+        --predictions predictions --submission submission --plots plots --cards cards
+        [--params params.yaml]
 
 Reads `--models`/<member>/seed_<seed>/{predictions/, metrics.json} for every seed of params
 `seeds`. Writes `--metrics` (the ensemble's dev scores, the members per task, and under `seeds`
 each member's per-seed scores with their mean, sd and n), `--plots`/sst_confusion.csv and
-sts_scatter.csv, `--predictions` (the ensembled dev/test tables) and `--submission` (CS224N
-format).
+sts_scatter.csv, `--predictions` (the ensembled dev/test tables), `--submission` (CS224N
+format) and `--cards`/<member>.md: each member's model card with the mean ± sd over its seeds
+(each seed's own card is in its model dir, written by its train stage).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import load_params
+from pipeline.config import load_params, member_for_seed
 from pipeline.data import load_prepared
 from pipeline.ensemble import (
     average_predictions,
@@ -30,12 +33,14 @@ from pipeline.ensemble import (
 )
 from pipeline.errors import run_stage
 from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.model_card import model_card
+from pipeline.seeds import seed_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("--prepared", "--models", "--metrics", "--predictions", "--submission",
-                 "--plots"):
+                 "--plots", "--cards"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
     return parser
@@ -76,6 +81,15 @@ def main(argv: list[str] | None = None) -> None:
                 pd.DataFrame({truth_column: labels_for(task, frame, dev[task]),
                               pred_column: frame["pred"].to_numpy()}).to_csv(tmp / name,
                                                                              index=False)
+    with atomic_path(args.cards) as tmp:
+        tmp.mkdir()
+        for member in members:
+            # The member as its first seed was trained, with that run's metrics (row counts).
+            run = seed_dir(args.models, member, params.seeds[0])
+            card = model_card(member_for_seed(params, member, params.seeds[0]),
+                              json.loads((run / "metrics.json").read_text()),
+                              metrics["seeds"][member])
+            (tmp / f"{member}.md").write_text(card)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

@@ -21,7 +21,8 @@ from pipeline import figures
 from pipeline.data import load_prepared
 from pipeline.errors import run_stage
 from pipeline.io import atomic_path
-from pipeline.train import MEMBER_CONFIG_FILE, PCGRAD_STEPS_FILE, resolve_device
+from pipeline.model import MEMBER_CONFIG_FILE
+from pipeline.train import PCGRAD_STEPS_FILE, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def table(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")

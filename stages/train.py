@@ -5,7 +5,8 @@ seed (an entry of the top-level `seeds:`) and write its outputs.
         --augmented data/augmented --out models/MEMBER/seed_SEED
         --checkpoints checkpoints/MEMBER/seed_SEED [--params params.yaml]
 
-Writes `--out`/{model/, predictions/, metrics.json, live/}; keeps resumable checkpoints in
+Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
+`--out`/model/README.md (this seed's dev scores); keeps resumable checkpoints in
 `--checkpoints` (a persistent DVC output).
 """
 

@@ -268,7 +268,8 @@ def run_stage(tmp: Path, members: dict[str, dict[int, tuple[dict, dict]]],
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / "ensemble.py"), "--params", "params.yaml",
          "--prepared", "prep", "--models", "mods", "--metrics", "metrics.json",
-         "--predictions", "predictions", "--submission", "submission", "--plots", "plots"],
+         "--predictions", "predictions", "--submission", "submission", "--plots", "plots",
+         "--cards", "cards"],
         cwd=tmp, capture_output=True, text=True, timeout=300)
 
 
@@ -386,7 +387,8 @@ def test_stage_submission(stage_run):
 def test_stage_leaves_no_temp_files(stage_run):
     tmp, _ = stage_run
     assert sorted(p.name for p in tmp.iterdir()) == sorted(
-        ["params.yaml", "prep", "mods", "metrics.json", "plots", "predictions", "submission"])
+        ["params.yaml", "prep", "mods", "metrics.json", "plots", "predictions", "submission",
+         "cards"])
     hidden = [p for p in tmp.rglob("*") if p.name.startswith(".")]
     assert hidden == []
     assert sorted(p.name for p in (tmp / "plots").iterdir()) == ["sst_confusion.csv",

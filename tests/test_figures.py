@@ -20,8 +20,8 @@ from pipeline.batching import collate, tokenize_task
 from pipeline.config import parse_params
 from pipeline.data import prepared_path, read_task_split
 from pipeline.io import write_parquet
-from pipeline.model import MultitaskModel
-from pipeline.train import PCGRAD_STEPS_FILE, load_tokenizer, save_member
+from pipeline.model import MultitaskModel, load_tokenizer, save_member
+from pipeline.train import PCGRAD_STEPS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

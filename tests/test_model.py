@@ -1,25 +1,33 @@
-"""Encoder + pooling + heads on the tiny random BERT of conftest, against hand-worked tensors."""
+"""Encoder + pooling + heads on the tiny random BERT of conftest, against hand-worked tensors;
+a saved member loads back in one call, and a broken one is an error naming what is wrong."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from pipeline.config import HeadConfig, ModelConfig
+from pipeline.config import HeadConfig, ModelConfig, parse_params
+from pipeline.errors import UserError
 from pipeline.model import (
     AttentionPooling,
     MultitaskModel,
+    SavedModelError,
     load_backbone,
+    load_tokenizer,
     mlp_head,
     pool,
     resolve_backbone,
+    save_member,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["sst", "qqp", "sts"]
 POOLINGS = ["cls", "mean", "max", "attention"]
 SENTENCES = ["the movie was good", "a very boring film", "i love this story !"]
@@ -412,3 +420,129 @@ def test_an_fp16_checkpoint_loads_as_fp32_master_weights(tiny_bert, tmp_path):
     # the values are the checkpoint's, rounded to fp16 once
     torch.testing.assert_close(backbone.embeddings.word_embeddings.weight,
                                original.half().float())
+
+
+# --- a saved member: one-call loading ----------------------------------------------------------
+
+
+def member_config(tiny_bert: Path, name: str = "multitask", **model):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"].update(backbone=str(tiny_bert), **model)
+    return parse_params(raw).models[name]
+
+
+def saved_member(tiny_bert: Path, directory: Path, name: str = "multitask", **model):
+    """Save a member whose heads (and attention query) are random and far from zero, so that
+    its outputs differ clearly from input to input; returns the in-memory model, eval mode."""
+    member = member_config(tiny_bert, name, **model)
+    torch.manual_seed(7)
+    model = MultitaskModel(member.model, member.tasks).eval()
+    with torch.no_grad():
+        for param in model.heads.parameters():
+            param.normal_(0.0, 0.5)
+        if model.attention_pool is not None:
+            model.attention_pool.query.normal_(0.0, 3.0)
+    save_member(model, member, load_tokenizer(str(tiny_bert)), directory)
+    return model, member
+
+
+@pytest.mark.parametrize(("pooling", "pair_encoding"),
+                         [("cls", "concat"), ("attention", "separate")])
+def test_from_pretrained_round_trip_gives_identical_outputs(tiny_bert, tokenizer, tmp_path,
+                                                            pooling, pair_encoding):
+    model, member = saved_member(tiny_bert, tmp_path / "model", pooling=pooling,
+                                 pair_encoding=pair_encoding)
+    rng_before = torch.get_rng_state()
+    loaded = MultitaskModel.from_pretrained(tmp_path / "model")
+    assert torch.equal(torch.get_rng_state(), rng_before)  # loading draws no random numbers
+    assert not loaded.training and loaded.member == member and loaded.tasks == member.tasks
+    assert loaded.tokenizer("the movie")["input_ids"] == tokenizer("the movie")["input_ids"]
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    pair = ([encode(tokenizer, SENTENCES, SECONDS)] if pair_encoding == "concat"
+            else [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)])
+    with torch.no_grad():
+        for task, inputs in (("sst", [encode(tokenizer, SENTENCES)]), ("qqp", pair),
+                             ("sts", pair)):
+            assert torch.equal(loaded(task, inputs), model(task, inputs)), task
+    # and the heads really came from the file: a fresh model's differ
+    fresh = MultitaskModel(member.model, member.tasks).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh("sst", [encode(tokenizer, SENTENCES)]),
+                                  model("sst", [encode(tokenizer, SENTENCES)]))
+
+
+def test_from_pretrained_reads_only_the_directory(tiny_bert, tmp_path):
+    # The backbone the member was trained from may be gone (another machine): the dir suffices.
+    copy = tmp_path / "backbone"
+    shutil.copytree(tiny_bert, copy)
+    model, member = saved_member(copy, tmp_path / "model")
+    shutil.rmtree(copy)
+    loaded = MultitaskModel.from_pretrained(tmp_path / "model")
+    assert loaded.member.model.backbone == str(copy)  # the config as trained, kept
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tiny_bert, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("saved") / "model"
+    saved_member(tiny_bert, directory)
+    return directory
+
+
+def break_config(d: Path) -> None:
+    config = json.loads((d / "bestfit.json").read_text())
+    config["train"]["learning_rate"] = 1.0
+    (d / "bestfit.json").write_text(json.dumps(config))
+
+
+def heads_of_another_member(d: Path, tiny_bert: Path) -> None:
+    saved_member(tiny_bert, d.parent / "single", "sst_single")
+    shutil.copy(d.parent / "single" / "heads.safetensors", d / "heads.safetensors")
+
+
+def wider_heads(d: Path, tiny_bert: Path) -> None:
+    saved_member(tiny_bert, d.parent / "wide", head={"hidden": 8})
+    shutil.copy(d.parent / "wide" / "heads.safetensors", d / "heads.safetensors")
+
+
+def pickle_only(d: Path) -> None:
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+
+
+BROKEN = {
+    "missing": (lambda d, _: shutil.rmtree(d), r"model: not found; expected a saved member"),
+    "a file": (lambda d, _: (shutil.rmtree(d), d.write_text("x")), r"model: not a directory"),
+    "no bestfit.json": (lambda d, _: (d / "bestfit.json").unlink(),
+                        r"bestfit\.json: missing; .* is not a saved bestfit member"),
+    "bad bestfit.json": (lambda d, _: (d / "bestfit.json").write_text("{"),
+                         r"bestfit\.json: not valid JSON"),
+    "unknown key": (lambda d, _: break_config(d), r"bestfit\.json\.train: unknown key.*"
+                                                  r"learning_rate"),
+    "no heads": (lambda d, _: (d / "heads.safetensors").unlink(),
+                 r"heads\.safetensors: missing"),
+    "truncated heads": (lambda d, _: (d / "heads.safetensors").write_bytes(
+        (d / "heads.safetensors").read_bytes()[:100]),
+        r"heads\.safetensors: not a readable safetensors file"),
+    "another member's heads": (heads_of_another_member,
+                               r"heads\.safetensors do not match .*missing \['heads\.qqp"),
+    "heads of another shape": (wider_heads, r"heads\.safetensors do not fit .*size mismatch"),
+    "pickle only": (lambda d, _: pickle_only(d), r"no backbone weights model\*\.safetensors "
+                                                  r"\(only a pickle"),
+    "no config.json": (lambda d, _: (d / "config.json").unlink(),
+                       r"no usable backbone config\.json"),
+    "no vocabulary": (lambda d, _: [f.unlink() for f in d.glob("tokenizer*")],
+                      r"model: no tokenizer vocabulary \(tokenizer\.json, vocab\.\*"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_member_dir_is_a_user_error_naming_it(saved_dir, tiny_bert, tmp_path, case):
+    directory = tmp_path / "model"
+    shutil.copytree(saved_dir, directory)
+    breaks, message = BROKEN[case]
+    breaks(directory, tiny_bert)
+    with pytest.raises(SavedModelError, match=message) as caught:
+        MultitaskModel.from_pretrained(directory)
+    assert str(directory) in str(caught.value)
+    assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)

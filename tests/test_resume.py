@@ -24,13 +24,13 @@ from pipeline.checkpoint import STATE_FILE, CheckpointError, save_state
 from pipeline.data import SPLITS, prepared_path
 from pipeline.errors import UserError
 from pipeline.io import write_parquet
+from pipeline.model import load_tokenizer
 from pipeline.train import (
     BEST_DIR,
     CHECKPOINT_DIR,
     LEGACY_CHECKPOINT,
     Trainer,
     TrainingError,
-    load_tokenizer,
     run_member,
     tokenize_member_data,
 )

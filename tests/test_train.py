@@ -16,15 +16,18 @@ import yaml
 from pipeline.batching import collate
 from pipeline.config import parse_params
 from pipeline.losses import contrastive_loss, task_loss
-from pipeline.model import MultitaskModel, cosine_distance
+from pipeline.model import (
+    MultitaskModel,
+    cosine_distance,
+    load_member_weights,
+    load_tokenizer,
+    save_member,
+)
 from pipeline.train import (
     PCGRAD_STEPS_FILE,
     Trainer,
-    load_member_weights,
-    load_tokenizer,
     plan_epochs,
     run_member,
-    save_member,
     task_step_loss,
     tokenize_member_data,
     warmup_linear_decay,

@@ -1,0 +1,335 @@
+"""A trained member's model card: ``README.md`` in Hugging Face's model-card format.
+
+YAML front matter (language, license, library, tags, datasets, metrics, base model and a
+``model-index`` holding the dev results), then the body: the tasks with their heads and labels,
+the dev scores, the training settings (the member config), the data, how to load the model and
+predict, and its limits and biases as BEST-FiT's ethics statement names them.
+
+The train stage writes the card of one seed into that seed's model dir; the ensemble stage,
+which alone sees every seed, writes each member's card with the mean ± sd over its seeds to
+``cards/<member>.md`` (a stage never writes into another stage's outputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import MemberConfig
+from pipeline.evaluate import CLASS_NAMES, METRIC_NAMES
+from pipeline.model import MINILM_HUB_ID
+
+CARD_FILE = "README.md"
+
+
+# Per task: what the card says about it, and its model-index entry.
+TASK_CARDS = {
+    "sst": {
+        "title": "Sentiment, 5 classes (SST)",
+        "input": "one sentence",
+        "head": "5 logits, softmax over the classes",
+        "labels": ", ".join(f"{k} {name}" for k, name in enumerate(CLASS_NAMES["sst"])),
+        "hf_task": "text-classification",
+        "dataset": {"type": "stanfordnlp/sst", "name": "Stanford Sentiment Treebank, 5 classes "
+                    "(CS224N dev split)", "split": "dev"},
+        "metric": ("accuracy", "dev accuracy"),
+    },
+    "qqp": {
+        "title": "Paraphrase detection (Quora Question Pairs)",
+        "input": "a question pair",
+        "head": "1 logit, sigmoid: p(duplicate)",
+        "labels": "1 duplicate when p(duplicate) ≥ 0.5, else 0 not duplicate",
+        "hf_task": "text-classification",
+        "dataset": {"type": "nyu-mll/glue", "config": "qqp",
+                    "name": "Quora Question Pairs (CS224N dev split)", "split": "dev"},
+        "metric": ("accuracy", "dev accuracy"),
+    },
+    "sts": {
+        "title": "Semantic textual similarity (STS-B)",
+        "input": "a sentence pair",
+        "head": "1 value, regressed on the similarity",
+        "labels": "similarity from 0 (unrelated) to 5 (equivalent)",
+        "hf_task": "sentence-similarity",
+        "dataset": {"type": "nyu-mll/glue", "config": "stsb",
+                    "name": "STS Benchmark (CS224N dev split)", "split": "dev"},
+        "metric": ("pearsonr", "dev Pearson r"),
+    },
+}
+AUGMENT_SOURCES = {
+    "eda": "EDA sentences (synonym replacement, random insertion, swap and deletion; Wei & Zou "
+           "2019) made from the SST training sentences, with their labels",
+    "amazon": "Amazon Movies & TV reviews chosen near each SST label's MiniLM embedding "
+              "centroid, labelled by their star ratings (1–5 stars as classes 0–4)",
+    "llm": "Amazon reviews labelled few-shot by an LLM (Llama-3-8B by default)",
+}
+
+
+def base_model(backbone: str) -> str | None:
+    """The hub id the member was fine-tuned from, or None for a local directory (whose path
+    says nothing on another machine)."""
+    if backbone == "minilm":
+        return MINILM_HUB_ID
+    if Path(backbone).exists() or backbone.startswith(("/", ".", "~")) or backbone.count("/") > 1:
+        return None
+    return backbone
+
+
+def backbone_text(backbone: str) -> str:
+    hub_id = base_model(backbone)
+    if hub_id is None:
+        return f"a local model directory (`{Path(backbone).name}`)"
+    return f"`{hub_id}`" + (" (`minilm`)" if backbone == "minilm" else "")
+
+
+def _value(x: float) -> float:
+    return round(float(x), 4)
+
+
+def _scores(member: MemberConfig, metrics: Mapping[str, Any],
+            seeds: Mapping[str, Any] | None) -> dict[str, float]:
+    """Per task, the score the front matter reports: this seed's, or the mean over seeds."""
+    out = {}
+    for task in member.tasks:
+        name = METRIC_NAMES[task]
+        cell = (seeds or {}).get("aggregate", {}).get(name)
+        value = cell["mean"] if cell else metrics.get(name)
+        if value is not None:
+            out[task] = _value(value)
+    return out
+
+
+def front_matter(member: MemberConfig, metrics: Mapping[str, Any],
+                 seeds: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The card's YAML metadata (Hugging Face model-card fields)."""
+    n = _seed_count(seeds)
+    results = []
+    for task, value in _scores(member, metrics, seeds).items():
+        facts = TASK_CARDS[task]
+        metric, label = facts["metric"]
+        results.append({
+            "task": {"type": facts["hf_task"], "name": facts["title"]},
+            "dataset": dict(facts["dataset"]),
+            "metrics": [{"type": metric, "value": value,
+                         "name": f"{label}, mean of {n} seeds" if n else label}],
+        })
+    meta: dict[str, Any] = {
+        "language": ["en"],
+        # The weights derive from the backbone and from datasets with their own terms.
+        "license": "other",
+        "library_name": "transformers",
+        "pipeline_tag": TASK_CARDS[member.tasks[0]]["hf_task"],
+        "tags": ["bestfit", "best-fit", "multitask", "bert", *(
+            {"sst": "sentiment-analysis", "qqp": "paraphrase-detection",
+             "sts": "semantic-similarity"}[t] for t in member.tasks)],
+        "datasets": sorted({TASK_CARDS[t]["dataset"]["type"] for t in member.tasks}),
+        "metrics": sorted({TASK_CARDS[t]["metric"][0] for t in member.tasks}),
+    }
+    hub_id = base_model(member.model.backbone)
+    if hub_id:
+        meta["base_model"] = hub_id
+    meta["model-index"] = [{"name": f"bestfit-{member.name}", "results": results}]
+    return meta
+
+
+def _seed_count(seeds: Mapping[str, Any] | None) -> int | None:
+    return len(seeds["per_seed"]) if seeds else None
+
+
+def _tasks_section(member: MemberConfig) -> list[str]:
+    pairs = ("`[CLS] a [SEP] b [SEP]` in one pass" if member.model.pair_encoding == "concat"
+             else f"each sentence alone, pooled to u and v, head input "
+                  f"[{', '.join(member.model.pair_features)}]")
+    head = member.model.head
+    lines = [
+        "## Tasks and heads", "",
+        f"One shared encoder, {member.model.pooling} pooling, one MLP head per task "
+        f"({head.layers} layers, {head.activation}, dropout {head.dropout}). Pairs are encoded "
+        f"as {pairs}.", "",
+        "| task | input | head | labels |", "| --- | --- | --- | --- |",
+    ]
+    for task in member.tasks:
+        facts = TASK_CARDS[task]
+        lines.append(f"| {facts['title']} | {facts['input']} | {facts['head']} | "
+                     f"{facts['labels']} |")
+    return lines
+
+
+def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
+                     seeds: Mapping[str, Any] | None) -> list[str]:
+    names = [METRIC_NAMES[t] for t in member.tasks] + ["overall"]
+    lines = ["## Dev results", ""]
+    if seeds:
+        per_seed = seeds["per_seed"]
+        order = sorted(per_seed, key=int)
+        lines += [f"| metric | {' | '.join(f'seed {s}' for s in order)} | mean ± sd (n) |",
+                  f"| --- |{' --- |' * len(order)} --- |"]
+        for name in names:
+            cell = seeds["aggregate"].get(name)
+            if cell is None:
+                continue
+            sd = "—" if cell["sd"] is None else f"{cell['sd']:.4f}"
+            values = " | ".join(f"{per_seed[s][name]:.4f}" if name in per_seed[s] else "—"
+                                for s in order)
+            lines.append(f"| {name} | {values} | {cell['mean']:.4f} ± {sd} ({cell['n']}) |")
+        lines.append("")
+        lines.append("sd is the sample standard deviation over the seeds (none for one seed).")
+    else:
+        lines += [f"| metric | seed {member.train.seed} |", "| --- | --- |"]
+        lines += [f"| {name} | {metrics[name]:.4f} |" for name in names if name in metrics]
+    lines += ["", f"`overall` = the mean of the task terms (SST acc, QQP acc, (STS r + 1) / 2) "
+              f"over this member's tasks. The checkpoint kept is the epoch with the best dev "
+              f"`{member.train.select_by}`"
+              + (f" (epoch {metrics['best_epoch']} of {member.train.epochs})"
+                 if "best_epoch" in metrics else "")
+              + ", so these dev scores are optimistic estimates of unseen-data performance."]
+    return lines
+
+
+def _schedule_text(member: MemberConfig) -> str:
+    train = member.train
+    epoch = ("one full pass over every task's data" if train.batches_per_epoch is None
+             else f"{train.batches_per_epoch} batches")
+    text = f"{train.schedule}, {train.epochs} epochs of {epoch}"
+    if train.schedule == "custom":
+        custom = train.custom
+        text += (f"; the first {custom.epochs} train {custom.task} alone, each a full pass over "
+                 f"{custom.fraction:.0%} of its data, then round robin")
+    return text
+
+
+def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[str]:
+    train, smart, loss = member.train, member.smart, member.loss
+    smart_text = "off"
+    if smart.lambda_ > 0 or smart.task_lambda:
+        smart_text = (f"λ = {smart.lambda_:g}"
+                      + (f" (per task {dict(smart.task_lambda)})" if smart.task_lambda else "")
+                      + f", {smart.perturbation} perturbation, ε = {smart.epsilon:g}, "
+                        f"step {smart.step_size:g}, noise variance {smart.noise_var:g}, "
+                        f"{smart.steps} step(s), {smart.norm} norm")
+    losses = "CE (SST), BCE (QQP), MSE (STS)"
+    if loss.ordered_ce_weight:
+        losses += f"; SST ordered CE weight {loss.ordered_ce_weight:g}"
+    if loss.contrastive_weight:
+        losses += (f"; contrastive weight {loss.contrastive_weight:g} (margin "
+                   f"{loss.contrastive_margin:g}, STS target {loss.sts_contrastive_target})")
+    rows = [
+        ("backbone", backbone_text(member.model.backbone)),
+        ("tasks", ", ".join(member.tasks)),
+        ("max length", f"{member.model.max_length} tokens"),
+        ("schedule", _schedule_text(member)),
+        ("batch size", str(train.batch_size)),
+        ("optimiser", f"AdamW, lr {train.lr:g}, betas {tuple(train.betas)}, weight decay "
+                      f"{train.weight_decay:g}, {train.warmup_ratio:.0%} linear warmup then "
+                      f"linear decay, gradient clipping {train.max_grad_norm:g}"),
+        ("precision", "bf16 autocast (heads in fp32)" if train.precision == "bf16" else "fp32"),
+        ("losses", losses + (f"; task weights {dict(loss.task_weights)}"
+                             if set(loss.task_weights.values()) != {1.0} else "")),
+        ("SMART", smart_text),
+        ("PCGrad", "on (one batch of every task per step)" if member.pcgrad.enabled else "off"),
+        ("augmentation (SST)", ", ".join(member.augment) or "none"),
+        ("seed", str(train.seed)),
+    ]
+    if "train_seconds" in metrics:
+        rows.append(("training time", f"{metrics['train_seconds']:.0f} s"))
+    return ["## Training", "", f"Member `{member.name}` of the bestfit pipeline (BEST-FiT recipe); "
+            "its full config is `bestfit.json` beside this card.", "",
+            "| setting | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _data_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[str]:
+    counts = metrics.get("train_examples") or {}
+    lines = ["## Data", "",
+             "The CS224N default final project splits of the Stanford Sentiment Treebank (5 "
+             "classes), Quora Question Pairs and the STS Benchmark; dev scores are on their dev "
+             "splits (or the seeded sample of them a CPU-sized run uses)."]
+    if counts:
+        lines += ["", "| task | training examples |", "| --- | --- |"]
+        lines += [f"| {task} | {counts[task]:,} |" for task in member.tasks if task in counts]
+    for source in member.augment:
+        lines += ["", f"SST training data includes {AUGMENT_SOURCES[source]}."]
+    return lines
+
+
+def _usage_section(member: MemberConfig) -> list[str]:
+    task = member.tasks[0]
+    example = ('["a gripping, funny film"]' if task == "sst"
+               else '[("how do I learn to cook?", "what is the best way to learn cooking?")]')
+    cli_input = ('--text "a gripping, funny film"' if task == "sst" else
+                 '--pair "how do I learn to cook?" "what is the best way to learn cooking?"')
+    directory = f"models/{member.name}/seed_{member.train.seed}/model"
+    return ["## How to use", "",
+            "With the bestfit package installed (`pip install -e .` in its checkout):", "",
+            "```python", "from pipeline.model import MultitaskModel",
+            "from pipeline.predict import predict_sentences", "",
+            f'model = MultitaskModel.from_pretrained("{directory}")  # eval mode, CPU',
+            f'predict_sentences(model, "{task}", {example})  # a pandas DataFrame', "```", "",
+            "```bash",
+            f"bestfit-predict {directory} --task {task} {cli_input}",
+            f"bestfit-predict {directory} --task {task} --input examples.csv --format jsonl "
+            f"--output predictions.jsonl",
+            "```", "",
+            "The directory is also a plain transformers model: `AutoModel.from_pretrained` loads "
+            "the encoder (without the task heads, which are in `heads.safetensors`)."]
+
+
+def _limits_section(member: MemberConfig) -> list[str]:
+    used = ", ".join(member.augment)
+    lines = [
+        "## Limits and biases", "",
+        "- English only, and only the domains it was trained on: movie-review sentences (SST), "
+        "Quora questions and the STS-B genres (news, captions, forums). Expect lower and "
+        "unmeasured quality elsewhere.",
+        "- It inherits the biases of its pretrained backbone and of its training data: the "
+        "labels of SST, Quora and STS-B reflect their annotators, and the BEST-FiT authors "
+        "disagreed with some SST labels. Their models leaned on word overlap for pairs "
+        "(sentences sharing most words called duplicates or highly similar even when one word "
+        "flips the meaning, as \"stocks open lower\" / \"stocks close lower\"); expect the "
+        "same here.",
+        "- Augmentation can amplify bias. Choosing extra reviews by their closeness to SST's "
+        "label centroids reinforces whatever associations SST already has (for instance films "
+        "with stereotyped narratives being rated higher), and reviews labelled by an LLM carry "
+        "the LLM's own biases. "
+        + (f"This member was trained with: {used}." if used
+           else "This member used no augmented data."),
+        "- Not for decisions about people or with real stakes: not to rank or recommend content "
+        "without a bias audit (it could reduce the exposure of stories about under-represented "
+        "groups), and not to profile or target people, e.g. by scoring their posts about a "
+        "politicised film.",
+        "- The BEST-FiT authors suggest auditing SST's embedding space for distances between "
+        "sentences about different groups, human review of a sample of the data, and "
+        "adversarial debiasing; none of these was done for this model.",
+    ]
+    return lines
+
+
+def model_card(member: MemberConfig, metrics: Mapping[str, Any],
+               seeds: Mapping[str, Any] | None = None) -> str:
+    """The card of ``member`` trained with seed ``member.train.seed``: ``metrics`` is that
+    run's ``metrics.json``; ``seeds`` (the ensemble's ``seeds[<member>]``: ``per_seed`` and
+    ``aggregate``) adds the mean ± sd over the member's seeds and makes the front matter report
+    the means."""
+    n = _seed_count(seeds)
+    title = (f"# bestfit `{member.name}`" + (f", {n} seeds" if n else
+                                             f", seed {member.train.seed}"))
+    tasks = ", ".join(TASK_CARDS[t]["title"] for t in member.tasks)
+    intro = (f"{backbone_text(member.model.backbone)} fine-tuned by bestfit on {tasks}"
+             + (" at once" if len(member.tasks) > 1 else "")
+             + ", following the BEST-FiT recipe (multitask fine-tuning with task schedules, "
+               "SMART, PCGrad and data augmentation; see Training for what this member used).")
+    body = [title, "", intro, "",
+            *_tasks_section(member), "",
+            *_results_section(member, metrics, seeds), "",
+            *_training_section(member, metrics), "",
+            *_data_section(member, metrics), "",
+            *_usage_section(member), "",
+            *_limits_section(member), "",
+            "## License", "",
+            "`other`: the weights derive from the backbone (its license applies) and from SST, "
+            "Quora Question Pairs and STS-B, each under its own terms; check them before you "
+            "redistribute or deploy the model."]
+    meta = yaml.safe_dump(front_matter(member, metrics, seeds), sort_keys=False,
+                          allow_unicode=True)
+    return f"---\n{meta}---\n\n" + "\n".join(body) + "\n"
