@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
                                progress=not args.no_progress)
               if cfg.selection == "centroid" else None)
     cache = cache_dir_for(cfg.cache_dir, cfg.encoder) if cfg.cache_dir is not None else None
+    if cfg.cache_dir is not None:
+        # A declared (persistent) DVC out: it must exist even when `selection: random` embeds
+        # nothing, or DVC fails the stage.
+        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
     mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)
     seconds = time.perf_counter() - started
 
