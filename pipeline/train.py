@@ -78,6 +78,10 @@ PROGRESS_SECONDS = 30
 log = logging.getLogger("bestfit.train")
 
 
+def non_finite(values: dict[str, float]) -> dict[str, float]:
+    return {name: value for name, value in values.items() if not math.isfinite(value)}
+
+
 class TrainingError(UserError):
     """Training produced something unusable (a NaN loss or metric); the message says what."""
 
@@ -311,7 +315,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "pcgrad": self.pcgrad_generator.get_state()}
+        state = {"torch": torch.get_rng_state()}  # PCGrad's generator: in its own state
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -405,7 +409,6 @@ class Trainer:
                                                 self.device)
             # The RNG states of the moment it was saved: dropout and SMART's noise replay.
             torch.set_rng_state(state["rng"]["torch"].cpu())
-            self.pcgrad_generator.set_state(state["rng"]["pcgrad"].cpu())
             if "cuda" in state["rng"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         log.info("%s: resuming after epoch %d%s", self.checkpoint_path, state["epoch"],
@@ -475,7 +478,7 @@ class Trainer:
         # The epoch's only host synchronisations (bar PCGrad's 3×3 Gram matrix per step).
         losses = {f"train_loss/{task}": float(total) / count
                   for task, (total, count) in progress.loss_sums.items() if count}
-        bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+        bad = non_finite(losses)
         if bad:
             raise TrainingError(f"{self.member.name}: epoch {epoch}: non-finite training loss "
                                 f"{bad}: training diverged; lower train.lr or check the data")
@@ -515,7 +518,7 @@ class Trainer:
             began = time.perf_counter()
             dev_predictions, metrics = self.evaluate("dev")
             result.train_seconds += time.perf_counter() - began
-            bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+            bad = non_finite(metrics)
             if bad:
                 raise TrainingError(f"{self.member.name}: epoch {epoch}: dev metric(s) {bad} "
                                     f"not finite, a score that cannot be compared (non-finite "

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_checkpoint import WritesMarker
 from test_train import member_for, synthetic_frames
 
 from pipeline.checkpoint import STATE_FILE, CheckpointError, save_state
@@ -151,14 +152,6 @@ def test_a_file_where_the_checkpoint_dir_should_be_is_an_error(tiny_bert, tmp_pa
     (tmp_path / "ckpt").write_text("not a directory")
     with pytest.raises(UserError, match=r"ckpt: not a directory; the checkpoint directory"):
         run_member(member, synthetic_frames(12, 2), tmp_path / "out", tmp_path / "ckpt")
-
-
-class WritesMarker:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_a_pickle_checkpoint_is_never_loaded(tiny_bert, tmp_path, caplog):
