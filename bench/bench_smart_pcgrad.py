@@ -61,7 +61,7 @@ from pipeline.config import (
     TrainConfig,
 )
 from pipeline.data import read_task_split
-from pipeline.evaluate import autocast
+from pipeline.device import autocast
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel, load_tokenizer
 from pipeline.pcgrad import PCGrad

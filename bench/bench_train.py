@@ -24,15 +24,11 @@ import numpy as np
 import torch
 
 from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
-from pipeline.data import prepare
+from pipeline.data import member_frames, prepare
+from pipeline.device import resolve_device
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel, load_tokenizer
-from pipeline.train import (
-    Trainer,
-    member_frames,
-    resolve_device,
-    tokenize_member_data,
-)
+from pipeline.train import Trainer, tokenize_member_data
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"

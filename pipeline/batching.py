@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.model import PAIR_TASKS, Encoding
+from pipeline.model import Encoding
+from pipeline.tasks import TaskSpec, task_spec
 
 WINDOW_BATCHES = 50
 
@@ -41,13 +42,15 @@ class TokenizedTask:
         return np.array([sum(len(seq[i]) for seq in self.sequences) for i in range(len(self))])
 
 
-def tokenize_task(task: str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
+def tokenize_task(task: TaskSpec | str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
                   max_length: int, pair_encoding: str, with_singles: bool = False
                   ) -> TokenizedTask:
     """Tokenize a prepared table (``sentence`` or ``sentence1``/``sentence2`` columns)."""
+    spec = task_spec(task)
     labels = None
     if "label" in frame and frame["label"].notna().all():
-        labels = frame["label"].to_numpy(dtype=np.float32 if task == "sts" else np.int64)
+        labels = frame["label"].to_numpy(
+            dtype=np.float32 if spec.kind == "regression" else np.int64)
 
     def encode(*texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         if not texts[0]:
@@ -56,7 +59,7 @@ def tokenize_task(task: str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizer
                         return_token_type_ids=True, return_attention_mask=False)
         return enc["input_ids"], enc["token_type_ids"]
 
-    if task not in PAIR_TASKS:
+    if not spec.pair:
         ids, types = encode(frame["sentence"].tolist())
         sequences, token_types = [ids], [types]
     else:
@@ -68,11 +71,11 @@ def tokenize_task(task: str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizer
             (ids1, types1), (ids2, types2) = encode(first), encode(second)
             sequences, token_types = [ids1, ids2], [types1, types2]
     singles = None
-    if with_singles and task in PAIR_TASKS:
+    if with_singles and spec.pair:
         singles = (sequences if pair_encoding == "separate"
                    else [encode(first)[0], encode(second)[0]])
-    return TokenizedTask(task, frame["id"].astype(str).tolist(), sequences, token_types, labels,
-                         singles)
+    return TokenizedTask(spec.name, frame["id"].astype(str).tolist(), sequences, token_types,
+                         labels, singles)
 
 
 def pad(seqs: Sequence[list[int]], types: Sequence[list[int]] | None, pad_id: int) -> Encoding:

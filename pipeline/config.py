@@ -22,9 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.tasks import CS224N_TASKS, TaskError, TaskSpec, resolve_task
 
-TASKS = ("sst", "qqp", "sts")
-Task = Literal["sst", "qqp", "sts"]
 # Parts of a separately encoded pair's feature: u, v, |u − v|, u ⊙ v (formulas in model.py).
 PairFeature = Literal["u", "v", "diff", "prod"]
 
@@ -112,21 +111,22 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    task_weights: dict[str, Weight] = field(
-        default_factory=lambda: {"sst": 1.0, "qqp": 1.0, "sts": 1.0}
-    )
-    # Weight of the contrastive loss on cosine distance added to the QQP and STS losses; 0 = off.
+    task_weights: dict[str, Weight] = field(default_factory=dict)  # a task not named: 1.0
+    # Weight of the contrastive loss on cosine distance added to the binary and regression pair
+    # tasks' losses (QQP and STS); 0 = off.
     contrastive_weight: Weight = 0.0
     contrastive_margin: Weight = 0.5
-    # STS target d² = (5 − y)/20 (`similarity`: similar pairs close) or y/20 (`paper`, as printed).
+    # Regression target d² = (high − y)/(4·(high − low)) (`similarity`: similar pairs close) or
+    # (y − low)/(4·(high − low)) (`paper`, as printed); for STS (5 − y)/20 and y/20.
     sts_contrastive_target: Literal["similarity", "paper"] = "similarity"
-    # Weight of the squared ordinal error added to SST's CE; 0 = plain CE (paper: 0.1).
+    # Weight of the squared ordinal error added to an ordered classification task's CE (SST);
+    # 0 = plain CE (paper: 0.1).
     ordered_ce_weight: Weight = 0.0
 
 
 @dataclass(frozen=True)
 class CustomScheduleConfig:
-    task: Task = "qqp"
+    task: str = "qqp"
     fraction: Fraction = 0.8
     epochs: Positive = 2
 
@@ -148,7 +148,7 @@ class TrainConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     device: Device = "auto"  # auto: cuda when available, else cpu
     num_threads: Positive | None = None  # torch CPU threads; null: torch's default
-    select_by: Literal["overall", "sst_acc", "qqp_acc", "sts_pearson"] = "overall"
+    select_by: str = "overall"  # overall or a task's metric name (sst_acc, qqp_acc, sts_pearson)
     # A resumable checkpoint (model, optimiser, data position, RNG states) every this many steps
     # and/or minutes, and at every epoch's end; null turns that trigger off.
     checkpoint_steps: Positive | None = None
@@ -242,6 +242,9 @@ class LlmConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    # The single-sentence classification task whose training set the augment stages extend
+    # (reviews and LLM labels need its 5 classes to be star ratings 1–5).
+    task: str = "sst"
     eda: EdaConfig = field(default_factory=EdaConfig)
     reviews: ReviewsConfig = field(default_factory=ReviewsConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
@@ -259,6 +262,20 @@ class MemberConfig:
     train: TrainConfig
     smart: SmartConfig
     pcgrad: PcgradConfig
+    # The declarations of this member's tasks (saved with the model, so it predicts alone); a
+    # CS224N task left out gets its default declaration.
+    specs: dict[str, TaskSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [t for t in self.tasks if t not in self.specs]
+        if missing:
+            from pipeline.tasks import default_tasks
+
+            defaults = default_tasks()
+            unknown = [t for t in missing if t not in defaults]
+            if unknown:
+                raise ConfigError(f"tasks {unknown}: no declaration (specs) for them")
+            object.__setattr__(self, "specs", {**self.specs, **{t: defaults[t] for t in missing}})
 
 
 @dataclass(frozen=True)
@@ -270,6 +287,7 @@ class Params:
     smart: SmartConfig
     pcgrad: PcgradConfig
     augment: AugmentConfig
+    tasks: dict[str, TaskSpec]
     models: dict[str, MemberConfig]
     ensemble: dict[str, list[str]]
     # Training seeds: every member is trained once per seed (the train stage's matrix axis).
@@ -382,16 +400,41 @@ def build(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
         raise ConfigError(f"{where}.{exc}") from None
 
 
-def _check_task_keys(mapping: Mapping[str, Any], where: str) -> None:
-    unknown = sorted(set(mapping) - set(TASKS))
+def _check_task_keys(mapping: Mapping[str, Any], where: str, known: Mapping[str, Any]) -> None:
+    unknown = sorted(set(mapping) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown task(s) {unknown}; known: {list(TASKS)}")
+        raise ConfigError(f"{where}: unknown task(s) {unknown}; known: {list(known)}")
 
 
-def _check_section_tasks(built: Mapping[str, Any], prefix: str) -> None:
+def _check_section_tasks(built: Mapping[str, Any], prefix: str, known: Mapping[str, Any]) -> None:
     """Per-task maps must name real tasks: a typo would silently leave a knob at its default."""
-    _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights")
-    _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda")
+    _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights", known)
+    _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda", known)
+    # Checked whatever the schedule, as its Literal type once did: a typo must not lie in wait.
+    custom_task = built["train"].custom.task
+    if custom_task not in known:
+        raise ConfigError(f"{prefix}train.custom.task: expected one of the declared tasks "
+                          f"{list(known)}, got {custom_task!r}")
+
+
+def build_tasks(raw: Any) -> dict[str, TaskSpec]:
+    """The `tasks:` section: each entry checked and completed from its kind (pipeline/tasks.py);
+    absent, the CS224N tasks."""
+    raw = CS224N_TASKS if raw is None else raw
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("params.yaml: tasks: expected a mapping of at least one task")
+    tasks = {}
+    for name, spec in raw.items():
+        where = f"params.yaml: tasks.{name}"
+        if not isinstance(name, str):
+            raise ConfigError(f"params.yaml: tasks: task name {name!r}: expected a string")
+        if isinstance(spec, Mapping) and "name" in spec:
+            raise ConfigError(f"{where}.name: a task's name is its key in tasks:")
+        try:
+            tasks[name] = resolve_task(name, build(TaskSpec, spec, where), where)
+        except TaskError as exc:
+            raise ConfigError(str(exc)) from None
+    return tasks
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -420,7 +463,8 @@ def _check_seeds(value: Any) -> list[int]:
     return seeds
 
 
-def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]) -> MemberConfig:
+def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any],
+                  known: dict[str, TaskSpec], augment_task: str) -> MemberConfig:
     where = f"params.yaml: models.{name}"
     raw = {} if raw is None else raw
     allowed = {"tasks", "augment", *MEMBER_SECTIONS}
@@ -428,21 +472,27 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(allowed)}")
     _reject_train_seed(raw.get("train"), f"{where}.train")
-    tasks = _check_type(raw.get("tasks", list(TASKS)), list[str], f"{where}.tasks")
-    if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
-        raise ConfigError(f"{where}.tasks: expected distinct tasks from {list(TASKS)}, got {tasks}")
+    tasks = _check_type(raw.get("tasks", list(known)), list[str], f"{where}.tasks")
+    if not tasks or any(t not in known for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"{where}.tasks: expected distinct tasks from {list(known)}, got {tasks}")
     augment = _check_type(raw.get("augment", []), list[str], f"{where}.augment")
     bad = [a for a in augment if a not in AUGMENT_SOURCES]
     if bad:
         raise ConfigError(
             f"{where}.augment: unknown source(s) {bad}; known: {list(AUGMENT_SOURCES)}")
-    if augment and "sst" not in tasks:
-        raise ConfigError(f"{where}.augment: augmented data is SST data, but tasks has no sst")
+    if augment and augment_task not in tasks:
+        raise ConfigError(f"{where}.augment: augmented data extends {augment_task} (augment.task), "
+                          f"which is not among tasks {tasks}")
     built = {
         key: build(cls, _deep_merge(sections.get(key) or {}, raw.get(key) or {}), f"{where}.{key}")
         for key, cls in MEMBER_SECTIONS.items()
     }
-    _check_section_tasks(built, f"{where}.")
+    _check_section_tasks(built, f"{where}.", known)
+    specs = {t: known[t] for t in tasks}
+    metric_names = ["overall", *(spec.metric_name for spec in specs.values())]
+    if built["train"].select_by not in metric_names:
+        raise ConfigError(f"{where}.train.select_by: {built['train'].select_by!r} is not a dev "
+                          f"metric of this member; expected one of {metric_names}")
     if built["train"].schedule == "custom" and built["train"].custom.task not in tasks:
         raise ConfigError(
             f"{where}.train.custom.task: {built['train'].custom.task!r} is not among tasks {tasks}"
@@ -452,14 +502,14 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
         raise ConfigError(
             f"{where}.train.custom.epochs: {train.custom.epochs} leaves no multitask epoch of "
             f"train.epochs = {train.epochs}; expected custom.epochs < epochs")
-    return MemberConfig(name=name, tasks=tasks, augment=augment, **built)
+    return MemberConfig(name=name, tasks=tasks, augment=augment, specs=specs, **built)
 
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
     """Build and validate :class:`Params` from the parsed YAML mapping."""
     if not isinstance(raw, Mapping):
         raise ConfigError("params.yaml: expected a mapping at the top level")
-    known = {"data", "augment", "models", "ensemble", "seeds", *MEMBER_SECTIONS}
+    known = {"data", "tasks", "augment", "models", "ensemble", "seeds", *MEMBER_SECTIONS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -467,15 +517,19 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     _reject_train_seed(raw.get("train"), "params.yaml: train")
     sections = {key: build(cls, raw.get(key), f"params.yaml: {key}") for key, cls in
                 MEMBER_SECTIONS.items()}
-    _check_section_tasks(sections, "params.yaml: ")
+    tasks = build_tasks(raw.get("tasks"))
+    _check_section_tasks(sections, "params.yaml: ", tasks)
+    augment = build(AugmentConfig, raw.get("augment"), "params.yaml: augment")
+    _check_augment_task(augment, tasks)
     models_raw = raw.get("models") or {}
     if not isinstance(models_raw, Mapping) or not models_raw:
         raise ConfigError("params.yaml: models: expected a mapping of at least one member")
-    models = {name: _build_member(name, spec, raw) for name, spec in models_raw.items()}
+    models = {name: _build_member(name, spec, raw, tasks, augment.task)
+              for name, spec in models_raw.items()}
     ensemble = _check_type(raw.get("ensemble") or {}, dict[str, list[str]], "params.yaml: ensemble")
     for task, members in ensemble.items():
-        if task not in TASKS:
-            raise ConfigError(f"params.yaml: ensemble.{task}: unknown task; known: {list(TASKS)}")
+        if task not in tasks:
+            raise ConfigError(f"params.yaml: ensemble.{task}: unknown task; known: {list(tasks)}")
         for member in members:
             if member not in models:
                 raise ConfigError(f"params.yaml: ensemble.{task}: {member!r} is not in models")
@@ -484,16 +538,28 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
                     f"params.yaml: ensemble.{task}: member {member!r} is not trained on {task}"
                 )
     data = build(DataConfig, raw.get("data"), "params.yaml: data")
-    _check_task_keys(data.train_rows, "params.yaml: data.train_rows")
-    _check_task_keys(data.dev_rows, "params.yaml: data.dev_rows")
+    _check_task_keys(data.train_rows, "params.yaml: data.train_rows", tasks)
+    _check_task_keys(data.dev_rows, "params.yaml: data.dev_rows", tasks)
     return Params(
         data=data,
-        augment=build(AugmentConfig, raw.get("augment"), "params.yaml: augment"),
+        tasks=tasks,
+        augment=augment,
         models=models,
         ensemble=ensemble,
         seeds=_check_seeds(raw.get("seeds", [TrainConfig.seed])),
         **sections,
     )
+
+
+def _check_augment_task(augment: AugmentConfig, tasks: dict[str, TaskSpec]) -> None:
+    spec = tasks.get(augment.task)
+    if spec is None:
+        raise ConfigError(f"params.yaml: augment.task: {augment.task!r} is not a declared task; "
+                          f"known: {list(tasks)}")
+    if spec.pair or spec.kind == "regression":
+        raise ConfigError(f"params.yaml: augment.task: {augment.task!r} is a "
+                          f"{'pair' if spec.pair else spec.kind} task; augmentation makes "
+                          f"labelled single sentences for a classification task")
 
 
 def member_for_seed(params: Params, name: str, seed: int) -> MemberConfig:

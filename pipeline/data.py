@@ -1,4 +1,11 @@
-"""The CS224N multitask splits: reading, validation, and the prepared parquet tables.
+"""Task data: reading, validation, and the prepared parquet tables.
+
+Each task of params `tasks:` (pipeline/tasks.py) names its files and their format: the CS224N
+TSVs (below), CSV, TSV, JSON lines or parquet with the declared text, label and id columns. A
+classification label is a class index or a declared class name; a label outside the declared
+classes or range, or a declared column missing from the file, stops with an error naming the
+task, the file, the row and the field (in a CS224N file such a row is rejected and counted, as
+the real files have a few).
 
 The CS224N default final project (github.com/gpoesia/minbert-default-final-project, ``data/``)
 ships SST, QQP and STS-B as tab-separated files written by pandas: the first column is an unnamed
@@ -37,40 +44,54 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import TASKS
+from pipeline.config import MemberConfig
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.tasks import TaskSpec, default_tasks, task_spec
 
 SPLITS = ("train", "dev", "test")
-# The CS224N name of each split inside the file names.
-FILE_SPLITS = {"train": "train", "dev": "dev", "test": "test-student"}
-TASK_FILES = {"sst": "ids-sst-{split}.csv", "qqp": "quora-{split}.csv", "sts": "sts-{split}.csv"}
-TEXT_COLUMNS = {
-    "sst": ["sentence"],
-    "qqp": ["sentence1", "sentence2"],
-    "sts": ["sentence1", "sentence2"],
-}
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    file_column: str  # the label's name in the CS224N header
+    file_column: str  # the label's column in the file
     integer: bool
     low: float
     high: float
     dtype: str  # pandas dtype of the prepared `label` column
 
 
-LABELS = {
-    "sst": LabelSpec("sentiment", integer=True, low=0, high=4, dtype="Int8"),
-    "qqp": LabelSpec("is_duplicate", integer=True, low=0, high=1, dtype="Int8"),
-    "sts": LabelSpec("similarity", integer=False, low=0.0, high=5.0, dtype="float32"),
-}
-# Prepared table schemas (column -> pandas dtype); labels are null in the test split.
-SCHEMAS = {
-    task: {"id": "str", **dict.fromkeys(TEXT_COLUMNS[task], "str"), "label": LABELS[task].dtype}
-    for task in TASKS
-}
+# The augmented tables (data/augmented/eda.parquet, amazon.parquet, reviews_labeled.parquet):
+# extra training rows of `augment.task`, then where each came from (source: eda, amazon, llm; the
+# row it was made from; how; a similarity or confidence, null where there is none). A table's
+# own columns follow these.
+AUGMENTED_SCHEMA = {"id": "str", "sentence": "str", "label": "Int8", "source": "str",
+                    "source_id": "str", "method": "str", "score": "Float32"}
+AUGMENT_FILES = {"eda": "eda.parquet", "amazon": "amazon.parquet", "llm": "reviews_labeled.parquet"}
+
+
+def augmented_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the shared columns first, in :data:`AUGMENTED_SCHEMA`'s dtypes."""
+    missing = [c for c in AUGMENTED_SCHEMA if c not in frame.columns]
+    if missing:
+        raise ValueError(f"an augmented table needs the columns {missing}")
+    own = [c for c in frame.columns if c not in AUGMENTED_SCHEMA]
+    return frame.astype(AUGMENTED_SCHEMA)[[*AUGMENTED_SCHEMA, *own]]
+
+
+def label_spec(task: TaskSpec | str) -> LabelSpec:
+    spec = task_spec(task)
+    low, high = spec.label_range
+    integer = spec.kind != "regression"
+    dtype = "float32" if not integer else ("Int8" if high <= 127 else "Int32")
+    return LabelSpec(spec.data.label, integer=integer, low=low, high=high, dtype=dtype)
+
+
+def schema(task: TaskSpec | str) -> dict[str, str]:
+    """A prepared table's columns -> pandas dtype; labels are null in the test split."""
+    spec = task_spec(task)
+    return {"id": "str", **dict.fromkeys(spec.text_columns, "str"), "label": label_spec(spec).dtype}
+
 # Index columns a file may carry before `id`: one normally, two in ids-sst-test-student.csv.
 MAX_INDEX_COLUMNS = 2
 REJECT_EXAMPLES = 5
@@ -100,12 +121,23 @@ class DataError(UserError):
     """A data file is missing or malformed; the message names the file, line and field."""
 
 
-def file_name(task: str, split: str) -> str:
-    return TASK_FILES[task].format(split=FILE_SPLITS[split])
+def file_name(task: TaskSpec | str, split: str) -> str | None:
+    """The file of ``task``'s ``split`` as declared (None: an undeclared test split)."""
+    return getattr(task_spec(task).data, split)
 
 
-def prepared_path(prepared_dir: Path, task: str, split: str) -> Path:
-    return Path(prepared_dir) / f"{task}_{split}.parquet"
+def task_dir(task: TaskSpec | str, source_dir: Path) -> Path:
+    """The directory a task's file names are relative to: its ``data.dir``, else the CS224N
+    source for the cs224n format and the project root for the others."""
+    spec = task_spec(task)
+    if spec.data.dir is not None:
+        return Path(spec.data.dir)
+    return Path(source_dir) if spec.data.format == "cs224n" else Path(".")
+
+
+def prepared_path(prepared_dir: Path, task: TaskSpec | str, split: str) -> Path:
+    name = task if isinstance(task, str) else task.name
+    return Path(prepared_dir) / f"{name}_{split}.parquet"
 
 
 @dataclass
@@ -148,8 +180,8 @@ class SplitReport:
         }
 
 
-def empty_table(task: str) -> pd.DataFrame:
-    return pd.DataFrame({col: pd.Series([], dtype=dt) for col, dt in SCHEMAS[task].items()})
+def empty_table(task: TaskSpec | str) -> pd.DataFrame:
+    return pd.DataFrame({col: pd.Series([], dtype=dt) for col, dt in schema(task).items()})
 
 
 def _unquote_twice_quoted(text: str) -> str:
@@ -183,26 +215,26 @@ def _parse_label(text: str, spec: LabelSpec) -> tuple[float | int | None, str | 
 
 
 def _parse_record(
-    task: str, record: dict[str, str], labelled: bool
+    spec: TaskSpec, record: dict[str, str], labelled: bool
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Clean one row's fields; also return every (reason, raw value) that makes it unusable."""
-    spec = LABELS[task]
+    labels = label_spec(spec)
     problems = []
     values: dict[str, Any] = {"id": record["id"].strip()}
     if not values["id"]:
         problems.append(("blank id", record["id"]))
-    for col in TEXT_COLUMNS[task]:
-        text = record[col].strip()
-        if task == "qqp":
+    for file_col, col in zip(spec.data.text, spec.text_columns, strict=True):
+        text = record[file_col].strip()
+        if spec.data.twice_quoted:
             text = _unquote_twice_quoted(text).strip()
         values[col] = text
         if not text:
-            problems.append((f"empty {col}", record[col]))
+            problems.append((f"empty {col}", record[file_col]))
     values["label"] = None
     if labelled:
-        values["label"], reason = _parse_label(record[spec.file_column], spec)
+        values["label"], reason = _parse_label(record[labels.file_column], labels)
         if reason is not None:
-            problems.append((reason, record[spec.file_column]))
+            problems.append((reason, record[labels.file_column]))
     return values, problems
 
 
@@ -269,11 +301,11 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _columns_hint(got: list[str], task: str, labelled: bool) -> str:
+def _columns_hint(got: list[str], task: TaskSpec, labelled: bool) -> str:
     """``; these are the columns of <another CS224N file>`` when ``got`` matches one exactly."""
-    for other in TASKS:
+    for other in default_tasks().values():
         for other_labelled, splits in ((True, ("train", "dev")), (False, ("test",))):
-            if (other, other_labelled) == (task, labelled):
+            if (other.data, other_labelled) == (task.data, labelled):
                 continue
             if got == _expected_columns(other, other_labelled):
                 names = " or ".join(file_name(other, split) for split in splits)
@@ -281,12 +313,12 @@ def _columns_hint(got: list[str], task: str, labelled: bool) -> str:
     return ""
 
 
-def _expected_columns(task: str, labelled: bool) -> list[str]:
+def _expected_columns(task: TaskSpec, labelled: bool) -> list[str]:
     """The named columns of a CS224N file, after its index column(s)."""
-    return ["id", *TEXT_COLUMNS[task], *([LABELS[task].file_column] if labelled else [])]
+    return ["id", *task.data.text, *([task.data.label] if labelled else [])]
 
 
-def _check_header(path: Path, header: list[str], task: str, labelled: bool) -> list[str]:
+def _check_header(path: Path, header: list[str], task: TaskSpec, labelled: bool) -> list[str]:
     """Check the header line; return the column names of the file (index columns included).
 
     A file has one or two unnamed index columns, then exactly ``id``, the text column(s) and,
@@ -408,9 +440,13 @@ def _field_count_error(path: Path, line: int, row: list[str], names: list[str],
     )
 
 
-def _source_file(source_dir: Path, task: str, split: str) -> Path | None:
+def _source_file(source_dir: Path, task: TaskSpec, split: str) -> Path | None:
     """The path of the file for ``task``/``split``, or None for an absent test file."""
-    path = Path(source_dir) / file_name(task, split)
+    name = file_name(task, split)
+    if name is None:
+        return None
+    path = task_dir(task, source_dir) / name
+    task = task.name
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file (the {task} {split} split)")
     if not path.exists():
@@ -435,20 +471,30 @@ def _no_rows_error(path: Path, task: str, split: str, report: SplitReport) -> Da
     return DataError(f"{path}: {what}; {need}")
 
 
-def read_task_split(source_dir: Path, task: str, split: str) -> tuple[pd.DataFrame, SplitReport]:
-    """Read and validate one CS224N file into the prepared schema of ``task``.
+def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
+                    ) -> tuple[pd.DataFrame, SplitReport]:
+    """Read and validate one file of ``task`` into its prepared schema.
 
-    A missing test file gives an empty table (its report says ``missing``); a missing train or
-    dev file, a directory or unreadable file in its place, or a file present with no usable row
-    is an error. Windows line endings and a leading byte-order mark are accepted.
+    ``source_dir`` is where the CS224N files are (``data.source``); a task's own ``data.dir``
+    overrides it. A missing test file gives an empty table (its report says ``missing``); a
+    missing train or dev file, a directory or unreadable file in its place, or a file present
+    with no usable row is an error. Windows line endings and a leading byte-order mark are
+    accepted.
     """
-    if task not in TASKS or split not in SPLITS:
-        raise ValueError(f"unknown task/split {task}/{split}; known: {TASKS} x {SPLITS}")
-    path = _source_file(source_dir, task, split)
-    report = SplitReport(file=file_name(task, split))
+    spec = task_spec(task)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split}; known: {SPLITS}")
+    path = _source_file(source_dir, spec, split)
+    report = SplitReport(file=file_name(spec, split) or "")
     if path is None:
         report.missing = True
-        return empty_table(task), report
+        return empty_table(spec), report
+    if spec.data.format != "cs224n":
+        table = read_tabular(path, spec, split, report)
+        if report.rows_kept == 0:
+            raise _no_rows_error(path, spec.name, split, report)
+        return table, report
+    task = spec
     labelled = split != "test"
     names: list[str] = []
     records = _records(path, _read_text(path), names)
@@ -457,7 +503,7 @@ def read_task_split(source_dir: Path, task: str, split: str) -> tuple[pd.DataFra
         raise DataError(f"{path}: empty file; expected a header line")
     names += _check_header(path, header[1], task, labelled)
     n_index = len(names) - len(_expected_columns(task, labelled))
-    columns: dict[str, list[Any]] = {col: [] for col in SCHEMAS[task]}
+    columns: dict[str, list[Any]] = {col: [] for col in schema(task)}
     seen: set[str] = set()
     for line, row in records:
         report.rows_read += 1
@@ -465,7 +511,7 @@ def read_task_split(source_dir: Path, task: str, split: str) -> tuple[pd.DataFra
             report.reject(line, "", [("blank line", "".join(row))])
             continue
         if len(row) != len(names):
-            raise _field_count_error(path, line, row, names, LABELS[task] if labelled else None)
+            raise _field_count_error(path, line, row, names, label_spec(task) if labelled else None)
         record = dict(zip(names[n_index:], row[n_index:], strict=True))
         values, problems = _parse_record(task, record, labelled)
         if values["id"] in seen:
@@ -478,15 +524,110 @@ def read_task_split(source_dir: Path, task: str, split: str) -> tuple[pd.DataFra
             columns[col].append(value)
     report.rows_kept = len(columns["id"])
     if report.rows_kept == 0:
-        raise _no_rows_error(path, task, split, report)
+        raise _no_rows_error(path, task.name, split, report)
     table = pd.DataFrame(
-        {col: pd.Series(columns[col], dtype=dtype) for col, dtype in SCHEMAS[task].items()}
+        {col: pd.Series(columns[col], dtype=dtype) for col, dtype in schema(task).items()}
     )
     return table, report
 
 
-def load_prepared(prepared_dir: Path, task: str, split: str) -> pd.DataFrame:
-    """Read a prepared table and check it has the schema of :data:`SCHEMAS` (extras allowed)."""
+def _read_frame(path: Path, spec: TaskSpec) -> pd.DataFrame:
+    """The file as a table of strings (csv, tsv, jsonl) or of its own types (parquet)."""
+    fmt = spec.data.format
+    try:
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str,
+                               keep_default_na=False, encoding="utf-8-sig")
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        return pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: task {spec.name}: not a readable {fmt} file "
+                        f"(tasks.{spec.name}.data.format): {' '.join(str(exc).split())}") from None
+
+
+def _cell_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _declared_label(value: Any, spec: TaskSpec, labels: LabelSpec, where: str
+                    ) -> tuple[float | int | None, str | None]:
+    """(label, None), (None, "blank label"), or an error: the declaration says what a label is,
+    so one outside it means the declaration or the file is wrong."""
+    text = _cell_text(value)
+    if not text:
+        return None, "blank label"
+    if spec.kind != "regression" and text in spec.classes:
+        return spec.classes.index(text), None
+    label, reason = _parse_label(text, labels)
+    if reason is None:
+        return label, None
+    if spec.kind == "regression":
+        expected = f"a number in tasks.{spec.name}.range {list(spec.range)}"
+    else:
+        names = f"one of tasks.{spec.name}.classes {spec.classes} or " if spec.classes else ""
+        expected = f"{names}a class index 0…{int(labels.high)}"
+    raise DataError(f"{where}: {value!r} is not a declared label; expected {expected}")
+
+
+def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) -> pd.DataFrame:
+    """Read a task's CSV, TSV, JSON-lines or parquet file into its prepared schema.
+
+    Rows with an empty text, a blank label or a repeated id are rejected and counted; a
+    declared column missing from the file, or a label outside the declared classes or range,
+    is an error naming the task, the file, the row and the field.
+    """
+    frame = _read_frame(path, spec)
+    labelled = split != "test"
+    files = spec.data
+    declared = {f"text[{k}]": col for k, col in enumerate(files.text)}
+    if files.id is not None:
+        declared["id"] = files.id
+    if labelled:
+        declared["label"] = files.label
+    for key, column in declared.items():
+        if column not in frame.columns:
+            raise DataError(f"{path}: task {spec.name}: column {column!r} "
+                            f"(tasks.{spec.name}.data.{key.split('[')[0]}) is not in the file; "
+                            f"its columns: {[str(c) for c in frame.columns]}")
+    labels = label_spec(spec)
+    # Where a row sits, as an editor or a parquet reader counts it.
+    first = {"csv": 2, "tsv": 2, "jsonl": 1, "parquet": 0}[files.format]
+    unit = "row" if files.format == "parquet" else "line"
+    columns: dict[str, list[Any]] = {col: [] for col in schema(spec)}
+    seen: set[str] = set()
+    for k, record in enumerate(frame.to_dict("records")):
+        report.rows_read += 1
+        line = first + k
+        row_id = _cell_text(record[files.id]) if files.id is not None else str(k)
+        values: dict[str, Any] = {"id": row_id, "label": None}
+        problems = [("blank id", "")] if not row_id else []
+        if row_id in seen:
+            problems.append(("duplicate id", row_id))
+        for file_col, col in zip(files.text, spec.text_columns, strict=True):
+            values[col] = _cell_text(record[file_col])
+            if not values[col]:
+                problems.append((f"empty {col}", ""))
+        if labelled:
+            where = f"{path}: task {spec.name}: {unit} {line}, field {files.label!r}"
+            values["label"], reason = _declared_label(record[files.label], spec, labels, where)
+            if reason is not None:
+                problems.append((reason, ""))
+        if problems:
+            report.reject(line, row_id, problems)
+            continue
+        seen.add(row_id)
+        for col, value in values.items():
+            columns[col].append(value)
+    report.rows_kept = len(columns["id"])
+    return pd.DataFrame(
+        {col: pd.Series(columns[col], dtype=dtype) for col, dtype in schema(spec).items()})
+
+
+def load_prepared(prepared_dir: Path, task: TaskSpec | str, split: str) -> pd.DataFrame:
+    """Read a prepared table and check it has the schema of :func:`schema` (extras allowed)."""
     path = prepared_path(prepared_dir, task, split)
     if not path.is_file():
         raise DataError(f"{path}: not found; run the prepare stage (`dvc repro prepare`)")
@@ -496,10 +637,11 @@ def load_prepared(prepared_dir: Path, task: str, split: str) -> pd.DataFrame:
         raise DataError(
             f"{path}: not a readable parquet table ({exc}); run the prepare stage again"
         ) from exc
-    for col, dtype in SCHEMAS[task].items():
+    expected = schema(task)
+    for col, dtype in expected.items():
         if col not in table.columns:
             raise DataError(
-                f"{path}: column {col!r} missing; expected {list(SCHEMAS[task])}, "
+                f"{path}: column {col!r} missing; expected {list(expected)}, "
                 f"got {list(table.columns)}"
             )
         if table[col].dtype != dtype:
@@ -589,7 +731,13 @@ def _download(url: str, dest: Path) -> bool:
     return True
 
 
-def _source_dir(source: str) -> Path:
+def _source_tasks(tasks: dict[str, TaskSpec] | None) -> list[TaskSpec]:
+    """The tasks whose files are read from ``data.source``: cs224n ones with no ``data.dir``."""
+    return [spec for spec in (tasks or default_tasks()).values()
+            if spec.data.format == "cs224n" and spec.data.dir is None]
+
+
+def _source_dir(source: str, tasks: list[TaskSpec]) -> Path:
     """``data.source`` as a local directory, with a message for each way it can be wrong."""
     if not source.strip():
         raise DataError("data.source is empty; expected a directory or an http(s) URL base")
@@ -606,9 +754,9 @@ def _source_dir(source: str) -> Path:
     if not directory.is_dir():
         raise DataError(
             f"data.source: {source!r} is a file; expected the directory holding the CS224N files "
-            f"({file_name('sst', 'train')}, ...)"
+            f"({file_name(tasks[0], 'train')}, ...)"
         )
-    known = [file_name(task, split) for task in TASKS for split in SPLITS]
+    known = [name for task in tasks for split in SPLITS if (name := file_name(task, split))]
     if not any((directory / name).exists() for name in known):
         inner = " (its data/ subdirectory does)" if any(
             (directory / "data" / name).exists() for name in known) else ""
@@ -619,8 +767,9 @@ def _source_dir(source: str) -> Path:
     return directory
 
 
-def fetch_source(source: str, cache_dir: Path) -> Path:
-    """Return a local directory holding the CS224N files named by ``source``.
+def fetch_source(source: str, cache_dir: Path, tasks: dict[str, TaskSpec] | None = None) -> Path:
+    """Return a local directory holding the CS224N files named by ``source``: those of the
+    cs224n-format ``tasks`` (default: SST, QQP, STS) with no ``data.dir`` of their own.
 
     ``source`` is a directory, or an http(s) URL base whose files are downloaded once into
     ``cache_dir`` (a ``.source`` file there records the URL, so changing it fetches afresh).
@@ -629,30 +778,31 @@ def fetch_source(source: str, cache_dir: Path) -> Path:
     against their Content-Length only. A cached file with a wrong digest is fetched again. A
     local directory is read as it is.
     """
+    specs = _source_tasks(tasks)
     if not source.startswith(("http://", "https://")):
-        return _source_dir(source)
+        return _source_dir(source, specs)
     base = source.rstrip("/")
     cache_dir = Path(cache_dir)
     marker = cache_dir / ".source"
     fresh = not marker.is_file() or marker.read_text().strip() != base
+    files = [(spec, split, name) for split in SPLITS for spec in specs
+             if (name := file_name(spec, split))]
     if fresh and cache_dir.is_dir():
-        for task in TASKS:
-            for split in SPLITS:
-                (cache_dir / file_name(task, split)).unlink(missing_ok=True)
+        for _, _, name in files:
+            (cache_dir / name).unlink(missing_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(base + "\n")
-    for split in SPLITS:  # train and dev first: they are required, so fail fast on them
-        for task in TASKS:
-            dest = cache_dir / file_name(task, split)
-            pinned = CS224N_SHA256.get(dest.name)
-            if dest.is_file() and (pinned is None or _sha256(dest) == pinned):
-                continue
-            url = f"{base}/{dest.name}"
-            if not _download(url, dest) and split != "test":  # a test file may be absent
-                raise DataError(
-                    f"{dest.name}: {url} answered 404 Not Found; the {task} {split} split is "
-                    "required: is data.source the base URL of the raw CS224N files?"
-                )
+    for spec, split, name in files:  # train and dev first: they are required, so fail fast
+        dest = cache_dir / name
+        pinned = CS224N_SHA256.get(name)
+        if dest.is_file() and (pinned is None or _sha256(dest) == pinned):
+            continue
+        url = f"{base}/{name}"
+        if not _download(url, dest) and split != "test":  # a test file may be absent
+            raise DataError(
+                f"{name}: {url} answered 404 Not Found; the {spec.name} {split} split is "
+                "required: is data.source the base URL of the raw CS224N files?"
+            )
     return cache_dir
 
 
@@ -666,9 +816,10 @@ def cap_rows(table: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
 
 def prepare(
     source: str, out_dir: Path, train_rows: dict[str, int], seed: int, cache_dir: Path,
-    dev_rows: dict[str, int] | None = None,
+    dev_rows: dict[str, int] | None = None, tasks: dict[str, TaskSpec] | None = None,
 ) -> dict[str, Any]:
-    """Read every task and split from ``source``, write the parquet tables and ``report.json``.
+    """Read every split of every task (default: the CS224N ones) from its files, write the
+    parquet tables and ``report.json``; ``source`` is where the cs224n-format files are.
 
     ``train_rows`` / ``dev_rows`` cap a task's train / dev split to a seeded sample (CPU-sized
     runs: QQP's 20k dev pairs would cost more than a short epoch to score).
@@ -676,17 +827,18 @@ def prepare(
     Every file is read and validated before anything is written, so a malformed file leaves
     the previous outputs untouched.
     """
+    tasks = tasks or default_tasks()
     caps = {"train": train_rows, "dev": dev_rows or {}}
     for split, split_caps in caps.items():
-        bad = {t: n for t, n in split_caps.items() if t not in TASKS or n < 1}
+        bad = {t: n for t, n in split_caps.items() if t not in tasks or n < 1}
         if bad:
             raise DataError(
-                f"data.{split}_rows: expected positive caps for tasks {TASKS}, got {bad}")
-    source_dir = fetch_source(source, cache_dir)
+                f"data.{split}_rows: expected positive caps for tasks {list(tasks)}, got {bad}")
+    source_dir = fetch_source(source, cache_dir, tasks) if _source_tasks(tasks) else Path(".")
     tables, reports = {}, {}
-    for task in TASKS:
+    for task, spec in tasks.items():
         for split in SPLITS:
-            table, report = read_task_split(source_dir, task, split)
+            table, report = read_task_split(source_dir, spec, split)
             if split in caps:
                 table = cap_rows(table, caps[split].get(task), seed)
             report.rows_written = len(table)
@@ -699,8 +851,28 @@ def prepare(
         "dev_rows": dict(caps["dev"]),
         "seed": seed,
         "tasks": {
-            task: {split: reports[task, split].to_dict() for split in SPLITS} for task in TASKS
+            task: {split: reports[task, split].to_dict() for split in SPLITS} for task in tasks
         },
     }
     write_json(summary, Path(out_dir) / "report.json")
     return summary
+
+
+def member_frames(member: MemberConfig, prepared_dir: Path, augmented_dir: Path,
+                  augment_task: str = "sst") -> dict[str, dict[str, pd.DataFrame]]:
+    """A member's prepared tables per task and split; ``augment_task``'s training set gains the
+    augmented rows the member opts into (``models.<member>.augment``)."""
+    frames = {task: {split: load_prepared(prepared_dir, member.specs[task], split)
+                     for split in SPLITS} for task in member.tasks}
+    if member.augment:
+        extra = []
+        for source in member.augment:
+            path = Path(augmented_dir) / AUGMENT_FILES[source]
+            if not path.is_file():
+                raise DataError(f"{path}: not found; member {member.name!r} asks for augment "
+                                f"source {source!r}; run its stage first (dvc repro)")
+            extra.append(pd.read_parquet(path, columns=["id", "sentence", "label"]))
+        base = frames[augment_task]["train"]
+        frames[augment_task]["train"] = pd.concat([base[["id", "sentence", "label"]], *extra],
+                                                  ignore_index=True)
+    return frames

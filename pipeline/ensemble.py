@@ -1,9 +1,12 @@
-"""Ensembling members' predictions, and the CS224N submission files.
+"""Ensembling members' predictions, and the submission files.
 
-Per task, every seed's run of each member named in params `ensemble:` is averaged: SST class
-probabilities (argmax of the mean), QQP p(duplicate) (≥ 0.5 of the mean), STS predicted
-similarity (mean). Every member has the same seeds, so this one mean over (member, seed) runs is
-the mean over members of each member's seed ensemble.
+Per task, every seed's run of each member named in params `ensemble:` is combined by the task's
+declared ``ensemble`` rule (pipeline/tasks.py): ``mean_probability``, the mean of the class
+probabilities, then argmax (classification, SST) or p(positive) ≥ 0.5 (binary, QQP);
+``majority_vote``, the most frequent predicted class (ties to the one with the highest mean
+probability); ``mean`` (regression, STS) or ``median`` of the predicted values. Every member
+has the same seeds, so one mean over (member, seed) runs is the mean over members of each
+member's seed ensemble.
 """
 
 from __future__ import annotations
@@ -18,18 +21,14 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.evaluate import score_predictions
 from pipeline.seeds import aggregate, scalar_metrics, seed_dir
-
-# The CS224N starter code's output names and headers (its "Similiarity" spelling included).
-SUBMISSION = {
-    "sst": ("sst-{split}-output.csv", "Predicted_Sentiment"),
-    "qqp": ("para-{split}-output.csv", "Predicted_Is_Paraphrase"),
-    "sts": ("sts-{split}-output.csv", "Predicted_Similiarity"),
-}
+from pipeline.tasks import TaskSpec, task_spec
 
 
-def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Average runs' prediction tables, keyed by run name (rows matched by id), into one table
-    of the same schema."""
+def average_predictions(task: TaskSpec | str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Combine runs' prediction tables, keyed by run name (rows matched by id), into one table
+    of the same schema, by the task's ensemble rule."""
+    spec = task_spec(task)
+    task = spec.name
     names = list(frames)
     if not names:
         raise ValueError(f"ensemble.{task}: names no member")
@@ -45,43 +44,55 @@ def average_predictions(task: str, frames: dict[str, pd.DataFrame]) -> pd.DataFr
                             f"member {names[0]!r}; re-run its train stage on this data")
         aligned.append(frame.loc[ids])
     out = pd.DataFrame({"id": ids.to_numpy()})
-    if task == "sts":
-        out["pred"] = np.mean([f["pred"].to_numpy(np.float64) for f in aligned], axis=0
+    if spec.kind == "regression":
+        combine = np.median if spec.ensemble == "median" else np.mean
+        out["pred"] = combine([f["pred"].to_numpy(np.float64) for f in aligned], axis=0
                               ).astype(np.float32)
         return out
     columns = [c for c in first.columns if c.startswith("p") and c[1:].isdigit()]
     probs = np.mean([f[columns].to_numpy(np.float64) for f in aligned], axis=0)
-    # QQP's threshold is p(duplicate) ≥ 0.5, as in outputs_to_frame: argmax would break ties to 0.
-    pred = probs[:, 1] >= 0.5 if task == "qqp" else probs.argmax(axis=1)
+    if spec.ensemble == "majority_vote":
+        votes = np.stack([f["pred"].to_numpy(np.int64) for f in aligned])
+        counts = np.stack([(votes == k).sum(0) for k in range(len(columns))], axis=1)
+        # The most votes; among tied classes the highest mean probability.
+        pred = np.where(counts == counts.max(1, keepdims=True), probs, -1.0).argmax(axis=1)
+    elif spec.kind == "binary":
+        # p(positive) ≥ 0.5, as in outputs_to_frame: argmax would break ties to 0.
+        pred = probs[:, 1] >= 0.5
+    else:
+        pred = probs.argmax(axis=1)
     out["pred"] = pred.astype(np.int8)
     for k, column in enumerate(columns):
         out[column] = probs[:, k].astype(np.float32)
     return out
 
 
-def labels_for(task: str, frame: pd.DataFrame, dev: pd.DataFrame) -> np.ndarray:
+def labels_for(task: TaskSpec | str, frame: pd.DataFrame, dev: pd.DataFrame) -> np.ndarray:
     """The prepared dev labels of ``frame``'s rows, matched by id."""
     truth = dev.set_index(dev["id"].astype(str))["label"]
-    return truth.loc[frame["id"].astype(str)].to_numpy(np.float64 if task == "sts" else np.int64)
+    dtype = np.float64 if task_spec(task).kind == "regression" else np.int64
+    return truth.loc[frame["id"].astype(str)].to_numpy(dtype)
 
 
-def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame]
-                     ) -> dict[str, float]:
+def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame],
+                     specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
     """Dev metrics of the ensembled predictions against the prepared dev labels (by id)."""
-    labels = {task: labels_for(task, frame, dev[task]) for task, frame in preds.items()}
-    return score_predictions(preds, labels)
+    specs = {task: (specs or {}).get(task) or task_spec(task) for task in preds}
+    labels = {task: labels_for(specs[task], frame, dev[task]) for task, frame in preds.items()}
+    return score_predictions(preds, labels, specs)
 
 
-def submission_text(task: str, frame: pd.DataFrame) -> str:
+def submission_text(task: TaskSpec | str, frame: pd.DataFrame) -> str:
     """One file in the CS224N starter code's format: a header, then ``id , prediction``."""
-    _, header = SUBMISSION[task]
+    header = task_spec(task).submission.column
     lines = [f"id \t {header} "]
     lines += [f"{i} , {p} " for i, p in zip(frame["id"], frame["pred"], strict=True)]
     return "\n".join(lines) + "\n"
 
 
-def submission_name(task: str, split: str) -> str:
-    return SUBMISSION[task][0].format(split=split)
+def submission_name(task: TaskSpec | str, split: str) -> str:
+    spec = task_spec(task)
+    return spec.submission.file.format(split=split, task=spec.name)
 
 
 def _member_file(models_dir: Path, member: str, seed: int, name: str) -> Path:

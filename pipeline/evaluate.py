@@ -1,48 +1,39 @@
-"""Predictions and metrics.
+"""Predictions and metrics, by a task's declared kind and metric (pipeline/tasks.py).
 
-SST: accuracy of argmax over 5 classes; QQP: accuracy of p(duplicate) ≥ 0.5; STS: Pearson r.
-Overall (CS224N): (SST acc + QQP acc + (STS r + 1)/2) / 3; a member trained on fewer tasks gets
-the mean of the same per-task terms over its own tasks.
+classification (SST): argmax over the classes; binary (QQP): p(positive) ≥ 0.5; regression
+(STS): the value. Metrics: accuracy, macro F1, Pearson r, Spearman ρ; the overall score is
+pipeline.tasks.overall_score (CS224N's by default); a member trained on fewer tasks gets the
+same formula over its own tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.special import expit
+from scipy.stats import spearmanr
 
 from pipeline.batching import TokenizedTask, batch_indices, collate
+from pipeline.device import autocast
 from pipeline.model import MultitaskModel
-
-METRIC_NAMES = {"sst": "sst_acc", "qqp": "qqp_acc", "sts": "sts_pearson"}
-# What the classifiers' ``pred`` values 0…K mean.
-CLASS_NAMES = {
-    "sst": ("negative", "somewhat negative", "neutral", "somewhat positive", "positive"),
-    "qqp": ("not duplicate", "duplicate"),
-}
+from pipeline.tasks import TaskSpec, overall_score, task_spec
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def outputs_to_frame(task: str, ids: list[str], raw: np.ndarray) -> pd.DataFrame:
+def outputs_to_frame(task: TaskSpec | str, ids: list[str], raw: np.ndarray) -> pd.DataFrame:
     """Turn raw head outputs into the predictions table: ``id``, ``pred`` and, for the
     classifiers, class probabilities ``p0``…``pK``."""
+    spec = task_spec(task)
     frame = pd.DataFrame({"id": ids})
-    if task == "sst":
+    if spec.kind == "classification":
         shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         frame["pred"] = probs.argmax(axis=1).astype(np.int8)
         for k in range(probs.shape[1]):
             frame[f"p{k}"] = probs[:, k].astype(np.float32)
-    elif task == "qqp":
+    elif spec.kind == "binary":
         p1 = expit(raw)
         frame["pred"] = (p1 >= 0.5).astype(np.int8)
         frame["p0"] = (1.0 - p1).astype(np.float32)
@@ -60,7 +51,8 @@ def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device:
     batches (little padding). ``progress`` is called with each batch's size as it is queued."""
     was_training = model.training
     model.eval()
-    width = 5 if data.task == "sst" else None
+    spec = model.specs[data.task]
+    width = spec.outputs if spec.kind == "classification" else None
     raw = np.zeros((len(data), width) if width else len(data), dtype=np.float32)
     chunks = []
     try:
@@ -76,30 +68,48 @@ def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device:
     # One host transfer per batch, after all batches are queued.
     for index, out in chunks:
         raw[index] = out.cpu().numpy()
-    return outputs_to_frame(data.task, data.ids, raw)
+    return outputs_to_frame(spec, data.ids, raw)
 
 
-def task_metric(task: str, pred: np.ndarray, labels: np.ndarray) -> float:
-    if task == "sts":
+def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in labels or predictions of 2·TP / (2·TP + FP + FN)."""
+    scores = []
+    for k in np.union1d(pred, labels):
+        tp = np.sum((pred == k) & (labels == k))
+        scores.append(2 * tp / (2 * tp + np.sum((pred == k) != (labels == k))))
+    return float(np.mean(scores))
+
+
+def pearson(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Pearson r; 0 (not NaN) when either side is constant."""
+    pred, labels = np.asarray(pred, np.float64), np.asarray(labels, np.float64)
+    if pred.std() == 0 or labels.std() == 0:
+        return 0.0
+    return float(np.corrcoef(pred, labels)[0, 1])
+
+
+def task_metric(task: TaskSpec | str, pred: np.ndarray, labels: np.ndarray) -> float:
+    """The task's declared metric; a correlation of a constant is 0, not NaN."""
+    metric = task_spec(task).metric
+    if metric in ("pearson", "spearman"):
         pred, labels = np.asarray(pred, np.float64), np.asarray(labels, np.float64)
         if pred.std() == 0 or labels.std() == 0:
             return 0.0
-        return float(np.corrcoef(pred, labels)[0, 1])
-    return float((np.asarray(pred) == np.asarray(labels)).mean())
+        if metric == "spearman":
+            return float(spearmanr(pred, labels).statistic)
+        return pearson(pred, labels)
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if metric == "f1":
+        return macro_f1(pred, labels)
+    return float((pred == labels).mean())
 
 
-def overall_score(metrics: dict[str, float]) -> float:
-    terms = []
-    for task, name in METRIC_NAMES.items():
-        if name in metrics:
-            value = metrics[name]
-            terms.append((value + 1) / 2 if task == "sts" else value)
-    return float(np.mean(terms))
-
-
-def score_predictions(frames: dict[str, pd.DataFrame], labels: dict[str, np.ndarray]
-                      ) -> dict[str, float]:
-    metrics = {METRIC_NAMES[task]: task_metric(task, frames[task]["pred"].to_numpy(),
-                                               labels[task]) for task in frames}
-    metrics["overall"] = overall_score(metrics)
+def score_predictions(frames: dict[str, pd.DataFrame], labels: dict[str, np.ndarray],
+                      specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
+    """Each task's metric (``<task>_<metric>``) and the overall score; ``specs`` default to
+    the CS224N tasks of those names."""
+    specs = {task: (specs or {}).get(task) or task_spec(task) for task in frames}
+    metrics = {specs[task].metric_name: task_metric(specs[task], frames[task]["pred"].to_numpy(),
+                                                    labels[task]) for task in frames}
+    metrics["overall"] = overall_score(specs, metrics)
     return metrics

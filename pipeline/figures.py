@@ -30,11 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.batching import batch_indices, collate, tokenize_task
-from pipeline.evaluate import METRIC_NAMES, task_metric
+from pipeline.evaluate import pearson
 from pipeline.io import atomic_path
 from pipeline.model import MultitaskModel
 
 SST_CLASSES = ("negative", "somewhat neg.", "neutral", "somewhat pos.", "positive")
+# The paper's tasks, as the reproduction report's figure labels them.
 TASK_TITLES = {"sst": "SST accuracy", "qqp": "QQP accuracy", "sts": "STS Pearson r"}
 DPI = 120
 
@@ -83,7 +84,7 @@ def scatter_figure(frame: pd.DataFrame, path: str | Path) -> None:
     ax.scatter(truth, pred, s=8, alpha=0.5)
     ax.plot([0, 5], [0, 5], "k--", lw=1)
     ax.set(xlabel="true similarity", ylabel="predicted similarity",
-           title=f"STS dev (Pearson r {task_metric('sts', pred, truth):.3f})")
+           title=f"STS dev (Pearson r {pearson(pred, truth):.3f})")
     save_png(fig, path)
 
 
@@ -129,8 +130,9 @@ def _run_colours(runs: Sequence[str]) -> dict[str, object]:
 
 
 def _metric_order(metrics: Sequence[str]) -> list[str]:
-    known = [*METRIC_NAMES.values(), "overall"]
-    return [m for m in known if m in metrics] + sorted(set(metrics) - set(known))
+    """The task metrics in the order they were logged (the tasks' order), then ``overall``."""
+    tasks = [m for m in dict.fromkeys(metrics) if m != "overall"]
+    return tasks + (["overall"] if "overall" in set(metrics) else [])
 
 
 def curves_figure(curves: pd.DataFrame, path: str | Path, split: str = "dev") -> None:
@@ -157,7 +159,7 @@ def train_dev_figure(train: pd.DataFrame, dev: pd.DataFrame, path: str | Path) -
     overfitting that SMART narrows in the paper's Figure 3 (right)."""
     for name, table in (("train", train), ("dev", dev)):
         _require(table, ["run", "metric", "epoch", "value"], f"{name} curves")
-    tasks = [t for t, m in METRIC_NAMES.items() if m in set(train["metric"])]
+    tasks = [m for m in _metric_order(train["metric"].unique()) if m != "overall"]
     if not tasks:
         raise ValueError("train curves: no train/<task metric> logged (train/sst_acc …)")
     colours = _run_colours(sorted(set(train["run"]) | set(dev["run"])))
@@ -165,12 +167,12 @@ def train_dev_figure(train: pd.DataFrame, dev: pd.DataFrame, path: str | Path) -
     axes = np.atleast_1d(fig.subplots(1, len(tasks)))
     for ax, task in zip(axes, tasks, strict=True):
         for table, style in ((train, "-"), (dev, "--")):
-            part = table[table["metric"] == METRIC_NAMES[task]]
+            part = table[table["metric"] == task]
             for run, lines in part.groupby("run"):
                 lines = lines.sort_values("epoch")
                 ax.plot(lines["epoch"], lines["value"], style, marker=".", color=colours[run],
                         label=run if style == "-" else None)
-        ax.set(title=TASK_TITLES[task], xlabel="epoch")
+        ax.set(title=task, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].plot([], [], "k-", label="train")
     axes[-1].plot([], [], "k--", label="dev")
@@ -268,7 +270,7 @@ def report_figure(rows: list[dict], path: str | Path) -> None:
     None, …}}``; a task a row lacks (or whose mean is None) gets no bar."""
     if not rows:
         raise ValueError("report figure: no rows")
-    tasks = list(METRIC_NAMES)
+    tasks = list(TASK_TITLES)
     width = 0.8 / len(rows)
     fig = Figure(figsize=(max(6.0, 1.2 * len(rows) * len(tasks)), 4.5))
     ax = fig.subplots()

@@ -4,8 +4,9 @@ Pairs are encoded either as one sequence, ``[CLS] a [SEP] b [SEP]`` (``concat``;
 "sentence concatenation", SC), or each sentence alone, pooled to u and v, and combined as the
 concatenation of ``pair_features`` drawn from u, v, diff = |u−v|, prod = u⊙v (``separate``).
 BEST-FiT's baseBERT concatenates the two embeddings, [u, v] (its Figure 1); the default
-[u, v, |u−v|, u⊙v] is Sentence-BERT's (Reimers & Gurevych 2019). Heads: SST 5 logits, QQP 1
-logit, STS 1 value, computed in fp32 even under bf16 autocast.
+[u, v, |u−v|, u⊙v] is Sentence-BERT's (Reimers & Gurevych 2019). Each task's head follows its
+declared kind (pipeline/tasks.py): N logits for N classes (SST 5), 1 logit for a binary task
+(QQP), 1 value for a regression (STS); heads run in fp32 even under bf16 autocast.
 
 A trained member is saved as a Hugging Face style directory (``save_member``): the backbone's
 ``config.json`` and safetensors, its tokenizer, the pooler and heads as ``heads.safetensors`` and
@@ -31,9 +32,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from pipeline.config import ConfigError, HeadConfig, MemberConfig, ModelConfig, build
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
+from pipeline.tasks import TaskSpec, default_tasks, task_spec
 
-TASK_OUTPUTS = {"sst": 5, "qqp": 1, "sts": 1}
-PAIR_TASKS = ("qqp", "sts")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A saved member's own files, beside the backbone's and the tokenizer's (save_member).
 MEMBER_CONFIG_FILE = "bestfit.json"
@@ -140,17 +140,21 @@ def mlp_head(in_dim: int, out_dim: int, cfg: HeadConfig, hidden_default: int) ->
 class MultitaskModel(nn.Module):
     """Shared encoder + pooler + per-task heads.
 
-    ``forward(task, inputs)`` takes one :data:`Encoding` per encoded sequence (one for SST and
-    for concatenated pairs, two for separately encoded pairs) and returns SST logits (B, 5), or
-    one value per example (B,) for QQP (a logit) and STS (a similarity), always float32.
+    ``forward(task, inputs)`` takes one :data:`Encoding` per encoded sequence (one for a single
+    sentence and for a concatenated pair, two for a separately encoded pair) and returns a
+    classification task's logits (B, N), or one value per example (B,) for a binary task (a
+    logit) and a regression (the value), always float32. ``tasks`` are TaskSpecs or the names
+    of the default CS224N tasks.
     ``inputs_embeds`` replaces the word embeddings of each sequence: regularizers such as SMART
     perturb them.
     """
 
-    def __init__(self, cfg: ModelConfig, tasks: list[str], backbone: nn.Module | None = None):
+    def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec | str],
+                 backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.tasks = list(tasks)
+        self.specs = {spec.name: spec for spec in map(task_spec, tasks)}
+        self.tasks = list(self.specs)
         # Set by from_pretrained: the config the member was trained with and its tokenizer.
         self.member: MemberConfig | None = None
         self.tokenizer = None
@@ -161,9 +165,8 @@ class MultitaskModel(nn.Module):
         combined = len(cfg.pair_features) * dim if cfg.pair_encoding == "separate" else dim
         self.heads = nn.ModuleDict(
             {
-                task: mlp_head(combined if task in PAIR_TASKS else dim, TASK_OUTPUTS[task],
-                               cfg.head, dim)
-                for task in self.tasks
+                name: mlp_head(combined if spec.pair else dim, spec.outputs, cfg.head, dim)
+                for name, spec in self.specs.items()
             }
         )
 
@@ -194,8 +197,8 @@ class MultitaskModel(nn.Module):
                 raise SavedModelError(f"{directory}: no usable backbone config.json "
                                       f"({' '.join(str(exc).split())})") from None
             backbone = AutoModel.from_config(config, dtype=torch.float32)
-            model = cls(dataclasses.replace(member.model, backbone=str(directory)), member.tasks,
-                        backbone=backbone)
+            model = cls(dataclasses.replace(member.model, backbone=str(directory)),
+                        [member.specs[t] for t in member.tasks], backbone=backbone)
         load_member_weights(model, directory)
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -236,7 +239,7 @@ class MultitaskModel(nn.Module):
         # prediction near 4 would move in steps of 1/32, and so would every logit.
         with torch.autocast(features.device.type, enabled=False):
             out = self.heads[task](features.float())
-        return out if task == "sst" else out.squeeze(-1)
+        return out if self.specs[task].kind == "classification" else out.squeeze(-1)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches: encoder and pooler (PCGrad projects these)."""
@@ -292,8 +295,12 @@ def read_member_config(directory: str | Path) -> MemberConfig:
                               f"(expected {MEMBER_CONFIG_FILE} beside {HEADS_FILE} and the "
                               f"backbone's config.json)")
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return build(MemberConfig, _params_keys(saved), str(path))
+        saved = _params_keys(json.loads(path.read_text(encoding="utf-8")))
+        if isinstance(saved, dict) and "specs" not in saved:  # saved before tasks were declared
+            defaults = default_tasks()
+            saved["specs"] = {t: dataclasses.asdict(defaults[t]) for t in saved.get("tasks", [])
+                              if t in defaults}
+        return build(MemberConfig, saved, str(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SavedModelError(f"{path}: not valid JSON ({exc})") from None
     except ConfigError as exc:

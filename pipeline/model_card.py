@@ -19,45 +19,48 @@ from typing import Any
 import yaml
 
 from pipeline.config import MemberConfig
-from pipeline.evaluate import CLASS_NAMES, METRIC_NAMES
 from pipeline.model import MINILM_HUB_ID
+from pipeline.tasks import CORRELATIONS, TaskSpec
 
 CARD_FILE = "README.md"
 
 
-# Per task: what the card says about it, and its model-index entry.
-TASK_CARDS = {
-    "sst": {
-        "title": "Sentiment, 5 classes (SST)",
-        "input": "one sentence",
-        "head": "5 logits, softmax over the classes",
-        "labels": ", ".join(f"{k} {name}" for k, name in enumerate(CLASS_NAMES["sst"])),
-        "hf_task": "text-classification",
-        "dataset": {"type": "stanfordnlp/sst", "name": "Stanford Sentiment Treebank, 5 classes "
-                    "(CS224N dev split)", "split": "dev"},
-        "metric": ("accuracy", "dev accuracy"),
-    },
-    "qqp": {
-        "title": "Paraphrase detection (Quora Question Pairs)",
-        "input": "a question pair",
-        "head": "1 logit, sigmoid: p(duplicate)",
-        "labels": "1 duplicate when p(duplicate) ≥ 0.5, else 0 not duplicate",
-        "hf_task": "text-classification",
-        "dataset": {"type": "nyu-mll/glue", "config": "qqp",
-                    "name": "Quora Question Pairs (CS224N dev split)", "split": "dev"},
-        "metric": ("accuracy", "dev accuracy"),
-    },
-    "sts": {
-        "title": "Semantic textual similarity (STS-B)",
-        "input": "a sentence pair",
-        "head": "1 value, regressed on the similarity",
-        "labels": "similarity from 0 (unrelated) to 5 (equivalent)",
-        "hf_task": "sentence-similarity",
-        "dataset": {"type": "nyu-mll/glue", "config": "stsb",
-                    "name": "STS Benchmark (CS224N dev split)", "split": "dev"},
-        "metric": ("pearsonr", "dev Pearson r"),
-    },
-}
+# A metric's model-index type and its label in the card.
+METRIC_CARD = {"accuracy": ("accuracy", "dev accuracy"), "f1": ("f1", "dev macro F1"),
+               "pearson": ("pearsonr", "dev Pearson r"),
+               "spearman": ("spearmanr", "dev Spearman ρ")}
+LOSS_TEXT = {"cross_entropy": "CE", "bce": "BCE", "mse": "MSE", "l1": "L1"}
+
+
+def task_card(spec: TaskSpec) -> dict[str, Any]:
+    """What the card says about a task, and its model-index entry, from its declaration."""
+    names = spec.class_names()
+    if spec.kind == "classification":
+        head = f"{spec.outputs} logits, softmax over the classes"
+        labels = ", ".join(f"{k} {name}" for k, name in enumerate(names))
+    elif spec.kind == "binary":
+        head = f"1 logit, sigmoid: p({names[1]})"
+        labels = f"1 {names[1]} when p({names[1]}) ≥ 0.5, else 0 {names[0]}"
+    else:
+        low, high = spec.label_range
+        head = "1 value, regressed on the label"
+        labels = f"a number from {low:g} to {high:g}"
+    dataset_type, _, config = (spec.dataset or spec.name).partition(":")
+    source = "CS224N dev split" if spec.data.format == "cs224n" else "dev split"
+    dataset = {"type": dataset_type, **({"config": config} if config else {}),
+               "name": f"{spec.display} ({source})", "split": "dev"}
+    return {
+        "title": spec.display,
+        "input": "a sentence pair" if spec.pair else "one sentence",
+        "head": head,
+        "labels": labels,
+        "hf_task": ("sentence-similarity" if spec.pair and spec.kind == "regression"
+                    else "text-classification"),
+        "dataset": dataset,
+        "metric": METRIC_CARD[spec.metric],
+    }
+
+
 AUGMENT_SOURCES = {
     "eda": "EDA sentences (synonym replacement, random insertion, swap and deletion; Wei & Zou "
            "2019) made from the SST training sentences, with their labels",
@@ -93,7 +96,7 @@ def _scores(member: MemberConfig, metrics: Mapping[str, Any],
     """Per task, the score the front matter reports: this seed's, or the mean over seeds."""
     out = {}
     for task in member.tasks:
-        name = METRIC_NAMES[task]
+        name = member.specs[task].metric_name
         cell = (seeds or {}).get("aggregate", {}).get(name)
         value = cell["mean"] if cell else metrics.get(name)
         if value is not None:
@@ -107,7 +110,7 @@ def front_matter(member: MemberConfig, metrics: Mapping[str, Any],
     n = _seed_count(seeds)
     results = []
     for task, value in _scores(member, metrics, seeds).items():
-        facts = TASK_CARDS[task]
+        facts = task_card(member.specs[task])
         metric, label = facts["metric"]
         results.append({
             "task": {"type": facts["hf_task"], "name": facts["title"]},
@@ -115,17 +118,16 @@ def front_matter(member: MemberConfig, metrics: Mapping[str, Any],
             "metrics": [{"type": metric, "value": value,
                          "name": f"{label}, mean of {n} seeds" if n else label}],
         })
+    cards = [task_card(member.specs[t]) for t in member.tasks]
     meta: dict[str, Any] = {
         "language": ["en"],
         # The weights derive from the backbone and from datasets with their own terms.
         "license": "other",
         "library_name": "transformers",
-        "pipeline_tag": TASK_CARDS[member.tasks[0]]["hf_task"],
-        "tags": ["bestfit", "best-fit", "multitask", "bert", *(
-            {"sst": "sentiment-analysis", "qqp": "paraphrase-detection",
-             "sts": "semantic-similarity"}[t] for t in member.tasks)],
-        "datasets": sorted({TASK_CARDS[t]["dataset"]["type"] for t in member.tasks}),
-        "metrics": sorted({TASK_CARDS[t]["metric"][0] for t in member.tasks}),
+        "pipeline_tag": cards[0]["hf_task"],
+        "tags": ["bestfit", "best-fit", "multitask", "bert", *member.tasks],
+        "datasets": sorted({card["dataset"]["type"] for card in cards}),
+        "metrics": sorted({card["metric"][0] for card in cards}),
     }
     hub_id = base_model(member.model.backbone)
     if hub_id:
@@ -151,7 +153,7 @@ def _tasks_section(member: MemberConfig) -> list[str]:
         "| task | input | head | labels |", "| --- | --- | --- | --- |",
     ]
     for task in member.tasks:
-        facts = TASK_CARDS[task]
+        facts = task_card(member.specs[task])
         lines.append(f"| {facts['title']} | {facts['input']} | {facts['head']} | "
                      f"{facts['labels']} |")
     return lines
@@ -159,7 +161,7 @@ def _tasks_section(member: MemberConfig) -> list[str]:
 
 def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
                      seeds: Mapping[str, Any] | None) -> list[str]:
-    names = [METRIC_NAMES[t] for t in member.tasks] + ["overall"]
+    names = [member.specs[t].metric_name for t in member.tasks] + ["overall"]
     lines = ["## Dev results", ""]
     if seeds:
         per_seed = seeds["per_seed"]
@@ -179,7 +181,12 @@ def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
     else:
         lines += [f"| metric | seed {member.train.seed} |", "| --- | --- |"]
         lines += [f"| {name} | {metrics[name]:.4f} |" for name in names if name in metrics]
-    lines += ["", f"`overall` = the mean of the task terms (SST acc, QQP acc, (STS r + 1) / 2) "
+    terms = ", ".join(f"{spec.metric_name}" if spec.metric not in CORRELATIONS else
+                      f"({spec.metric_name} + 1) / 2" for spec in member.specs.values())
+    weights = {t: s.overall_weight for t, s in member.specs.items()}
+    mean = ("the mean" if set(weights.values()) == {1.0}
+            else f"the mean weighted by {weights}")
+    lines += ["", f"`overall` = {mean} of the task terms ({terms}) "
               f"over this member's tasks. The checkpoint kept is the epoch with the best dev "
               f"`{member.train.select_by}`"
               + (f" (epoch {metrics['best_epoch']} of {member.train.epochs})"
@@ -209,9 +216,10 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
                       + f", {smart.perturbation} perturbation, ε = {smart.epsilon:g}, "
                         f"step {smart.step_size:g}, noise variance {smart.noise_var:g}, "
                         f"{smart.steps} step(s), {smart.norm} norm")
-    losses = "CE (SST), BCE (QQP), MSE (STS)"
-    if loss.ordered_ce_weight:
-        losses += f"; SST ordered CE weight {loss.ordered_ce_weight:g}"
+    losses = ", ".join(f"{LOSS_TEXT[spec.loss]} ({name})" for name, spec in member.specs.items())
+    ordered = [name for name, spec in member.specs.items() if spec.ordered]
+    if loss.ordered_ce_weight and ordered:
+        losses += f"; ordered CE weight {loss.ordered_ce_weight:g} ({', '.join(ordered)})"
     if loss.contrastive_weight:
         losses += (f"; contrastive weight {loss.contrastive_weight:g} (margin "
                    f"{loss.contrastive_margin:g}, STS target {loss.sts_contrastive_target})")
@@ -229,7 +237,7 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
                              if set(loss.task_weights.values()) != {1.0} else "")),
         ("SMART", smart_text),
         ("PCGrad", "on (one batch of every task per step)" if member.pcgrad.enabled else "off"),
-        ("augmentation (SST)", ", ".join(member.augment) or "none"),
+        ("augmentation", ", ".join(member.augment) or "none"),
         ("seed", str(train.seed)),
     ]
     if "train_seconds" in metrics:
@@ -241,23 +249,28 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
 
 def _data_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[str]:
     counts = metrics.get("train_examples") or {}
+    files = "; ".join(
+        f"{spec.display}: " + (f"the CS224N default final project's {spec.data.train} / "
+                               f"{spec.data.dev}" if spec.data.format == "cs224n" else
+                               f"{spec.data.train} / {spec.data.dev} ({spec.data.format})")
+        for spec in member.specs.values())
     lines = ["## Data", "",
-             "The CS224N default final project splits of the Stanford Sentiment Treebank (5 "
-             "classes), Quora Question Pairs and the STS Benchmark; dev scores are on their dev "
-             "splits (or the seeded sample of them a CPU-sized run uses)."]
+             f"{files}. Dev scores are on the dev splits (or the seeded sample of them a "
+             f"CPU-sized run uses)."]
     if counts:
         lines += ["", "| task | training examples |", "| --- | --- |"]
         lines += [f"| {task} | {counts[task]:,} |" for task in member.tasks if task in counts]
     for source in member.augment:
-        lines += ["", f"SST training data includes {AUGMENT_SOURCES[source]}."]
+        lines += ["", f"The training sentences include {AUGMENT_SOURCES[source]}."]
     return lines
 
 
 def _usage_section(member: MemberConfig) -> list[str]:
     task = member.tasks[0]
-    example = ('["a gripping, funny film"]' if task == "sst"
+    single = not member.specs[task].pair
+    example = ('["a gripping, funny film"]' if single
                else '[("how do I learn to cook?", "what is the best way to learn cooking?")]')
-    cli_input = ('--text "a gripping, funny film"' if task == "sst" else
+    cli_input = ('--text "a gripping, funny film"' if single else
                  '--pair "how do I learn to cook?" "what is the best way to learn cooking?"')
     directory = f"models/{member.name}/seed_{member.train.seed}/model"
     return ["## How to use", "",
@@ -314,7 +327,7 @@ def model_card(member: MemberConfig, metrics: Mapping[str, Any],
     n = _seed_count(seeds)
     title = (f"# bestfit `{member.name}`" + (f", {n} seeds" if n else
                                              f", seed {member.train.seed}"))
-    tasks = ", ".join(TASK_CARDS[t]["title"] for t in member.tasks)
+    tasks = ", ".join(member.specs[t].display for t in member.tasks)
     intro = (f"{backbone_text(member.model.backbone)} fine-tuned by bestfit on {tasks}"
              + (" at once" if len(member.tasks) > 1 else "")
              + ", following the BEST-FiT recipe (multitask fine-tuning with task schedules, "

@@ -8,9 +8,11 @@
 Input: sentences on the command line (``--text``, ``--pair``), a file (``--input``: .csv, .tsv,
 .jsonl, .parquet, or .txt with one example per line), or lines on stdin; on a line, a pair's two
 sentences are separated by a tab. Output, one row per example in input order: its ``id`` (the
-input's ``id`` column, else its 1-based position) and sentence(s), then for SST ``label`` (the
-class name), ``class`` (0–4) and the five class probabilities; for QQP ``p_duplicate``, ``class``
-(1 when p ≥ 0.5) and ``label``; for STS ``similarity`` on the 0–5 scale (clipped to it).
+input's ``id`` column, else its 1-based position) and sentence(s), then by the task's kind: a
+classification's ``label`` (the class name), ``class`` (0…N−1) and a probability per class
+(SST); a binary task's ``p_<positive class>``, ``class`` (1 when p ≥ 0.5) and ``label`` (QQP:
+``p_duplicate``); a regression's value clipped to the declared range, ``similarity`` for a pair
+(STS, 0–5) and ``value`` for a sentence.
 
 Batches are sorted by length (:func:`pipeline.evaluate.predict`, under inference mode), so a
 batch carries little padding. Bad input stops with one line naming the file, line or row and
@@ -33,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from pipeline.batching import tokenize_task
-from pipeline.config import TASKS, MemberConfig
-from pipeline.data import LABELS, TEXT_COLUMNS
+from pipeline.config import MemberConfig
 from pipeline.errors import UserError, run_stage
-from pipeline.evaluate import CLASS_NAMES, predict
+from pipeline.evaluate import predict
 from pipeline.io import write_text
 from pipeline.model import MultitaskModel, read_member_config
 from pipeline.seeds import seed_dir
+from pipeline.tasks import TaskSpec, task_spec
 
 FORMATS = ("table", "jsonl", "csv")
 STDIN = "-"
@@ -188,10 +190,11 @@ def read_examples(path: str, columns: Sequence[str]) -> pd.DataFrame:
                      f".tsv, .jsonl, .parquet or .txt")
 
 
-def sentence_frame(task: str, sentences: Sequence[str] | Sequence[Sequence[str]]
+def sentence_frame(task: TaskSpec | str, sentences: Sequence[str] | Sequence[Sequence[str]]
                    ) -> pd.DataFrame:
     """A list of sentences (SST) or of (sentence1, sentence2) pairs as an examples table."""
-    columns = TEXT_COLUMNS[task]
+    spec = task_spec(task)
+    task, columns = spec.name, spec.text_columns
     records = []
     for k, example in enumerate(sentences, start=1):
         fields = [example] if isinstance(example, str) else list(example)
@@ -205,24 +208,26 @@ def sentence_frame(task: str, sentences: Sequence[str] | Sequence[Sequence[str]]
 # --- predicting --------------------------------------------------------------------------------
 
 
-def readable_predictions(task: str, examples: pd.DataFrame, outputs: pd.DataFrame
+def readable_predictions(task: TaskSpec | str, examples: pd.DataFrame, outputs: pd.DataFrame
                          ) -> pd.DataFrame:
     """The examples with their predictions, from ``outputs_to_frame``'s ``pred``/``p*``."""
-    table = examples[["id", *TEXT_COLUMNS[task]]].reset_index(drop=True)
+    spec = task_spec(task)
+    table = examples[["id", *spec.text_columns]].reset_index(drop=True)
     pred = outputs["pred"].to_numpy()
-    if task == "sst":
-        table["label"] = [CLASS_NAMES["sst"][k] for k in pred]
+    names = spec.class_names()
+    if spec.kind == "classification":
+        table["label"] = [names[k] for k in pred]
         table["class"] = pred.astype(np.int64)
-        for k, name in enumerate(CLASS_NAMES["sst"]):
+        for k, name in enumerate(names):
             table[f"p_{name.replace(' ', '_')}"] = outputs[f"p{k}"].to_numpy()
-    elif task == "qqp":
-        table["p_duplicate"] = outputs["p1"].to_numpy()
+    elif spec.kind == "binary":
+        table[f"p_{names[1].replace(' ', '_')}"] = outputs["p1"].to_numpy()
         table["class"] = pred.astype(np.int64)
-        table["label"] = [CLASS_NAMES["qqp"][k] for k in pred]
+        table["label"] = [names[k] for k in pred]
     else:
-        # The head regresses freely; a similarity outside the scale has no meaning.
-        spec = LABELS["sts"]
-        table["similarity"] = np.clip(pred, spec.low, spec.high)
+        # The head regresses freely; a value outside the declared range has no meaning.
+        low, high = spec.label_range
+        table["similarity" if spec.pair else "value"] = np.clip(pred, low, high)
     return table
 
 
@@ -238,14 +243,15 @@ def predict_sentences(model: MultitaskModel, task: str,
     if task not in model.tasks:
         raise UserError(f"member {model.member.name!r} has no {task} head; its tasks: "
                         f"{', '.join(model.tasks)}")
+    spec = model.specs[task]
     if not isinstance(examples, pd.DataFrame):
-        examples = sentence_frame(task, examples)
+        examples = sentence_frame(spec, examples)
     cfg = model.member.model
-    data = tokenize_task(task, examples, model.tokenizer, cfg.max_length, cfg.pair_encoding)
+    data = tokenize_task(spec, examples, model.tokenizer, cfg.max_length, cfg.pair_encoding)
     device = next(model.parameters()).device
     outputs = predict(model, data, batch_size, device, precision, model.tokenizer.pad_token_id,
                       progress)
-    return readable_predictions(task, examples, outputs)
+    return readable_predictions(spec, examples, outputs)
 
 
 def format_predictions(table: pd.DataFrame, fmt: str) -> str:
@@ -306,35 +312,36 @@ def choose_task(member: MemberConfig, task: str | None, model_dir: Path) -> str:
     return task
 
 
-def command_examples(args: argparse.Namespace, task: str) -> tuple[pd.DataFrame, bool]:
+def command_examples(args: argparse.Namespace, spec: TaskSpec) -> tuple[pd.DataFrame, bool]:
     """The examples of the command line, a file or stdin, and whether they came from a file or
     stdin (which gets a progress bar)."""
+    task, text_columns = spec.name, spec.text_columns
     given = [name for name in ("text", "pair", "input") if getattr(args, name)]
     if len(given) > 1:
         raise UserError(f"give one kind of input, not --{' and --'.join(given)}")
-    pair = len(TEXT_COLUMNS[task]) > 1
+    pair = spec.pair
     if args.text:
         if pair:
             raise UserError(f"--text gives single sentences; {task} takes pairs: use --pair S1 S2")
-        return sentence_frame(task, args.text), False
+        return sentence_frame(spec, args.text), False
     if args.pair:
         if not pair:
             raise UserError(f"--pair gives sentence pairs; {task} takes one sentence: use --text")
-        return sentence_frame(task, args.pair), False
-    columns = TEXT_COLUMNS[task]
+        return sentence_frame(spec, args.pair), False
+    columns = text_columns
     if args.columns:
         columns = [c.strip() for c in args.columns.split(",")]
-        if len(columns) != len(TEXT_COLUMNS[task]):
-            raise UserError(f"--columns {args.columns}: {task} takes {len(TEXT_COLUMNS[task])} "
-                            f"column(s), e.g. {','.join(TEXT_COLUMNS[task])}")
+        if len(columns) != len(text_columns):
+            raise UserError(f"--columns {args.columns}: {task} takes {len(text_columns)} "
+                            f"column(s), e.g. {','.join(text_columns)}")
     source = args.input or STDIN
     if source == STDIN and sys.stdin.isatty():
         raise UserError("no input: give --text, --pair or --input FILE, or pipe lines to stdin")
     examples = read_examples(source, columns)
     if examples.empty:
         raise InputError(f"{'<stdin>' if source == STDIN else source}: no examples in it")
-    # Known names from here on: the tokenizer and the output read TEXT_COLUMNS.
-    return examples.rename(columns=dict(zip(columns, TEXT_COLUMNS[task], strict=True))), True
+    # Known names from here on: the tokenizer and the output read the prepared text columns.
+    return examples.rename(columns=dict(zip(columns, text_columns, strict=True))), True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "several are trained)")
     parser.add_argument("--models", type=Path, default=Path("models"),
                         help="where --member is looked up (default: models)")
-    parser.add_argument("--task", choices=TASKS,
+    parser.add_argument("--task",
                         help="the head to use (default: the model's only task)")
     parser.add_argument("--text", action="append", metavar="SENTENCE",
                         help="a sentence to classify (SST); repeat for more")
@@ -385,10 +392,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model, args.member, args.seed, args.models)
     # The member's config first: bad input fails before the weights are read.
-    task = choose_task(read_member_config(model_dir), args.task, model_dir)
-    examples, from_file = command_examples(args, task)
+    member = read_member_config(model_dir)
+    task = choose_task(member, args.task, model_dir)
+    examples, from_file = command_examples(args, member.specs[task])
     model = MultitaskModel.from_pretrained(model_dir, device)
-    unit = "pairs" if len(TEXT_COLUMNS[task]) > 1 else "sentences"
+    unit = "pairs" if member.specs[task].pair else "sentences"
     with tqdm(total=len(examples), unit=f" {unit}", file=sys.stderr,
               disable=args.quiet or not from_file) as bar:
         table = predict_sentences(model, task, examples, args.batch_size, args.precision,

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.config import SmartConfig
+from pipeline.tasks import TaskSpec, task_spec
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
@@ -76,15 +77,17 @@ def symmetric_kl_bernoulli(a: Tensor, b: Tensor) -> Tensor:
     return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
 
 
-def smoothness_loss(task: str, perturbed: Tensor, clean: Tensor) -> Tensor:
-    """ℓ_s averaged over the batch: symmetric KL (SST softmax, QQP Bernoulli), MSE (STS)."""
-    if task == "sst":
-        return symmetric_kl_softmax(perturbed, clean).mean()
-    if task == "qqp":
+def smoothness_loss(task: TaskSpec | str, perturbed: Tensor, clean: Tensor) -> Tensor:
+    """ℓ_s averaged over the batch, the task's declared ``smart_loss``: symmetric KL of softmaxes
+    (classification, SST) or Bernoullis (binary, QQP), squared difference (regression, STS)."""
+    spec = task_spec(task)
+    if spec.smart_loss == "symmetric_kl":
+        if spec.kind == "classification":
+            return symmetric_kl_softmax(perturbed, clean).mean()
         return symmetric_kl_bernoulli(perturbed, clean).mean()
-    if task == "sts":
+    if spec.smart_loss == "mse":
         return (_at_least_fp32(perturbed) - _at_least_fp32(clean)).pow(2).mean()
-    raise ValueError(f"SMART: unknown task {task!r}; expected sst, qqp or sts")
+    raise ValueError(f"SMART: task {spec.name}: unknown smart_loss {spec.smart_loss!r}")
 
 
 @contextmanager
@@ -140,7 +143,7 @@ ASCENT_STEPS = {"normalize": _normalized_step, "project": _projected_step}
 
 
 def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Tensor],
-                      masks: list[Tensor], task: str, cfg: SmartConfig, model: nn.Module,
+                      masks: list[Tensor], task: TaskSpec | str, cfg: SmartConfig, model: nn.Module,
                       generator: torch.Generator | None = None,
                       output: Tensor | None = None) -> Tensor:
     """R_s of one task's batch (a scalar, not multiplied by λ).

@@ -35,11 +35,9 @@ from tqdm.auto import tqdm
 from pipeline.batching import Batch, TokenizedTask, collate, epoch_batches, tokenize_task
 from pipeline.checkpoint import CheckpointError, load_state, save_state
 from pipeline.config import MemberConfig
-from pipeline.data import SPLITS, load_prepared
+from pipeline.device import autocast, resolve_device
 from pipeline.errors import UserError
 from pipeline.evaluate import (
-    METRIC_NAMES,
-    autocast,
     outputs_to_frame,
     predict,
     score_predictions,
@@ -53,9 +51,8 @@ from pipeline.io import (
     write_parquet,
     write_text,
 )
-from pipeline.losses import contrastive_loss, task_loss
+from pipeline.losses import contrastive_loss, has_contrastive, task_loss
 from pipeline.model import (
-    PAIR_TASKS,
     MultitaskModel,
     cosine_distance,
     load_member_weights,
@@ -97,34 +94,12 @@ class TaskData:
 
 
 # The extra SST training table each `augment:` source of a member names.
-AUGMENT_FILES = {"eda": "eda.parquet", "amazon": "amazon.parquet", "llm": "reviews_labeled.parquet"}
-
-
-def member_frames(member: MemberConfig, prepared_dir: Path, augmented_dir: Path
-                  ) -> dict[str, dict[str, pd.DataFrame]]:
-    """The member's tables per task and split; SST train gains the augmented rows it opts into."""
-    frames = {task: {split: load_prepared(prepared_dir, task, split) for split in SPLITS}
-              for task in member.tasks}
-    if member.augment:
-        extra = []
-        for source in member.augment:
-            path = Path(augmented_dir) / AUGMENT_FILES[source]
-            if not path.is_file():
-                raise UserError(f"{path}: not found; member {member.name!r} asks for augment "
-                                f"source {source!r}; run its stage first (dvc repro)")
-            extra.append(pd.read_parquet(path, columns=["id", "sentence", "label"]))
-        base = frames["sst"]["train"]
-        frames["sst"]["train"] = pd.concat([base[["id", "sentence", "label"]], *extra],
-                                           ignore_index=True)
-    return frames
-
-
 def tokenize_member_data(frames: dict[str, dict[str, pd.DataFrame]], member: MemberConfig,
                          tokenizer) -> TaskData:
     with_singles = member.loss.contrastive_weight > 0
     return TaskData({
         task: {
-            split: tokenize_task(task, frame, tokenizer, member.model.max_length,
+            split: tokenize_task(member.specs[task], frame, tokenizer, member.model.max_length,
                                  member.model.pair_encoding, with_singles and split == "train")
             for split, frame in splits.items()
         }
@@ -137,20 +112,20 @@ def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
     """One task's training loss on one batch: the supervised loss, plus the contrastive term
     (pair tasks, when weighted) and λ·R_s of SMART (when λ > 0), times the task weight.
     Also returns the task head's output, from which the trainer scores the training batches."""
-    task = batch.task
+    task, spec = batch.task, model.specs[batch.task]
     smart_lambda = member.smart.lambda_for(task)
     embeds = model.input_embeddings(batch.inputs) if smart_lambda > 0 else None
     output = model(task, batch.inputs, inputs_embeds=embeds)
-    loss = task_loss(task, output, batch.labels, member.loss.ordered_ce_weight)
-    if member.loss.contrastive_weight > 0 and task in PAIR_TASKS:
+    loss = task_loss(spec, output, batch.labels, member.loss.ordered_ce_weight)
+    if member.loss.contrastive_weight > 0 and has_contrastive(spec):
         u, v = (model.embed(enc) for enc in batch.singles)
         loss = loss + member.loss.contrastive_weight * contrastive_loss(
-            task, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
+            spec, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
             member.loss.sts_contrastive_target)
     if smart_lambda > 0:
         regularizer = smart_regularizer(
             lambda perturbed: model(task, batch.inputs, inputs_embeds=perturbed),
-            embeds, [enc["attention_mask"] for enc in batch.inputs], task, member.smart, model,
+            embeds, [enc["attention_mask"] for enc in batch.inputs], spec, member.smart, model,
             output=output)
         loss = loss + smart_lambda * regularizer
     return member.loss.task_weights.get(task, 1.0) * loss, output
@@ -181,12 +156,6 @@ def warmup_linear_decay(total_steps: int, warmup_ratio: float) -> Callable[[int]
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
@@ -298,7 +267,8 @@ class Trainer:
         self.live = live
         self.device = resolve_device(self.cfg.device)
         torch.manual_seed(self.cfg.seed)
-        self.model = (model or MultitaskModel(member.model, member.tasks)).to(self.device)
+        model = model or MultitaskModel(member.model, [member.specs[t] for t in member.tasks])
+        self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, member)
         self.train_sets = data.split("train")
         self.plan = plan_epochs(member, self.train_sets)
@@ -493,8 +463,9 @@ class Trainer:
             if batches:
                 raw = torch.cat([out for out, _ in batches]).cpu().numpy()
                 labels = self.train_sets[task].labels[np.concatenate([i for _, i in batches])]
-                pred = outputs_to_frame(task, range(len(raw)), raw)["pred"].to_numpy()
-                metrics[f"train/{METRIC_NAMES[task]}"] = task_metric(task, pred, labels)
+                spec = self.member.specs[task]
+                pred = outputs_to_frame(spec, range(len(raw)), raw)["pred"].to_numpy()
+                metrics[f"train/{spec.metric_name}"] = task_metric(spec, pred, labels)
         return metrics
 
     def evaluate(self, split: str) -> tuple[dict[str, pd.DataFrame], dict[str, float] | None]:
@@ -504,7 +475,7 @@ class Trainer:
         labelled = {task: data.labels for task, data in sets.items() if data.labels is not None}
         if len(labelled) != len(sets):
             return frames, None
-        return frames, score_predictions(frames, labelled)
+        return frames, score_predictions(frames, labelled, self.member.specs)
 
     def fit(self) -> TrainResult:
         start_epoch, progress = self._load_checkpoint()

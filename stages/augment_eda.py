@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    cfg = load_params(args.params).augment.eda
-    sst = load_prepared(args.prepared, "sst", "train")
+    params = load_params(args.params)
+    cfg = params.augment.eda
+    sst = load_prepared(args.prepared, params.tasks[params.augment.task], "train")
     wordnet = load_wordnet(cfg.wordnet_dir)
     synonyms = Synonyms(wordnet)
     started = time.perf_counter()

@@ -6,10 +6,11 @@
 
 Reads `--models`/<member>/seed_<seed>/{predictions/, metrics.json} for every seed of params
 `seeds`. Writes `--metrics` (the ensemble's dev scores, the members per task, and under `seeds`
-each member's per-seed scores with their mean, sd and n), `--plots`/sst_confusion.csv and
-sts_scatter.csv, `--predictions` (the ensembled dev/test tables), `--submission` (CS224N
-format) and `--cards`/<member>.md: each member's model card with the mean ± sd over its seeds
-(each seed's own card is in its model dir, written by its train stage).
+each member's per-seed scores with their mean, sd and n), `--plots`/<task>_confusion.csv
+(classifiers) and <task>_scatter.csv (regressions), `--predictions` (the ensembled dev/test
+tables), `--submission` (CS224N format; file names and headers from params `tasks`) and
+`--cards`/<member>.md: each member's model card with the mean ± sd over its seeds (each seed's
+own card is in its model dir, written by its train stage).
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
-    preds = {split: {task: average_predictions(task, {
+    specs = params.tasks
+    preds = {split: {task: average_predictions(specs[task], {
         f"{member}/seed_{seed}": read_member_predictions(args.models, member, seed, task, split)
         for member in members for seed in params.seeds})
         for task, members in params.ensemble.items()} for split in ("dev", "test")}
-    dev = {task: load_prepared(args.prepared, task, "dev") for task in params.ensemble}
-    metrics = ensemble_metrics(preds["dev"], dev)
+    dev = {task: load_prepared(args.prepared, specs[task], "dev") for task in params.ensemble}
+    metrics = ensemble_metrics(preds["dev"], dev, specs)
     metrics["members"] = {task: members for task, members in params.ensemble.items()}
     members = list(dict.fromkeys(m for names in params.ensemble.values() for m in names))
     metrics["seeds"] = seed_report(args.models, members, params.seeds)
@@ -69,18 +71,19 @@ def main(argv: list[str] | None = None) -> None:
         tmp.mkdir()
         for split, tables in preds.items():
             for task, frame in tables.items():
-                (tmp / submission_name(task, split)).write_text(submission_text(task, frame))
+                (tmp / submission_name(specs[task], split)).write_text(
+                    submission_text(specs[task], frame))
     with atomic_path(args.plots) as tmp:
         tmp.mkdir()
-        # DVC plots: (label, prediction) per dev row — SST confusion matrix, STS scatter.
-        plots = {"sst": ("sst_confusion.csv", "actual", "predicted"),
-                 "sts": ("sts_scatter.csv", "true_similarity", "predicted_similarity")}
-        for task, (name, truth_column, pred_column) in plots.items():
-            if task in preds["dev"]:
-                frame = preds["dev"][task]
-                pd.DataFrame({truth_column: labels_for(task, frame, dev[task]),
-                              pred_column: frame["pred"].to_numpy()}).to_csv(tmp / name,
-                                                                             index=False)
+        # DVC plots: (label, prediction) per dev row of every task — a confusion matrix for
+        # a classifier (sst_confusion.csv), a scatter for a regression (sts_scatter.csv).
+        for task, frame in preds["dev"].items():
+            name, truth_column, pred_column = (
+                (f"{task}_scatter.csv", "true_similarity", "predicted_similarity")
+                if specs[task].kind == "regression" else
+                (f"{task}_confusion.csv", "actual", "predicted"))
+            pd.DataFrame({truth_column: labels_for(specs[task], frame, dev[task]),
+                          pred_column: frame["pred"].to_numpy()}).to_csv(tmp / name, index=False)
     with atomic_path(args.cards) as tmp:
         tmp.mkdir()
         for member in members:

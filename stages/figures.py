@@ -19,10 +19,11 @@ import pandas as pd
 
 from pipeline import figures
 from pipeline.data import load_prepared
+from pipeline.device import resolve_device
 from pipeline.errors import run_stage
 from pipeline.io import atomic_path
 from pipeline.model import MEMBER_CONFIG_FILE
-from pipeline.train import PCGRAD_STEPS_FILE, resolve_device
+from pipeline.train import PCGRAD_STEPS_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:

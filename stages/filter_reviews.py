@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    cfg = load_params(args.params).augment.reviews
-    sst = load_prepared(args.prepared, "sst", "train")
+    params = load_params(args.params)
+    cfg = params.augment.reviews
+    sst = load_prepared(args.prepared, params.tasks[params.augment.task], "train")
     paths = review_files(args.source)
 
     started = time.perf_counter()

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             dev_rows=params.data.dev_rows,
             seed=params.data.seed,
             cache_dir=Path(download_dir),
+            tasks=params.tasks,
         )
     for task, splits in report["tasks"].items():
         for split, r in splits.items():

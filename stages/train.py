@@ -16,8 +16,9 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import load_params, member_for_seed
+from pipeline.data import member_frames
 from pipeline.errors import run_stage
-from pipeline.train import member_frames, run_member
+from pipeline.train import run_member
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--augmented", type=Path, required=True,
-                        help="the directory of the augmented SST tables a member may use")
+                        help="the directory of the augmented tables a member may use")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml")
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    member = member_for_seed(load_params(args.params), args.member, args.seed)
-    frames = member_frames(member, args.prepared, args.augmented)
+    params = load_params(args.params)
+    member = member_for_seed(params, args.member, args.seed)
+    frames = member_frames(member, args.prepared, args.augmented, params.augment.task)
     if args.no_live:
         metrics = run_member(member, frames, args.out, args.checkpoints)
     else:

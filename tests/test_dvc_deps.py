@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import TASKS
+from pipeline.config import load_params
 from pipeline.data import file_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +99,9 @@ def package_inits(name: str) -> list[Path]:
     return [p for p in inits if p.is_file() and runs_code(p)]
 
 
-@cache
-def imported_modules(path: Path) -> frozenset[Path]:
-    """Project files that running ``path`` imports, transitively (``path`` included)."""
-    found = {path}
+def direct_imports(path: Path) -> set[Path]:
+    """Project files that ``path``'s own import statements load."""
+    found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         names = []
         if isinstance(node, ast.Import):
@@ -113,12 +112,20 @@ def imported_modules(path: Path) -> frozenset[Path]:
             # a name of module pipeline.x
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         for name in names:
-            if name.split(".")[0] != "pipeline":
-                continue
-            modules = [module_file(name), *package_inits(name)]
-            for module in filter(None, modules):
-                if module not in found:
-                    found |= imported_modules(module)
+            if name.split(".")[0] == "pipeline":
+                found.update(filter(None, [module_file(name), *package_inits(name)]))
+    return found
+
+
+@cache
+def imported_modules(path: Path) -> frozenset[Path]:
+    """Project files that running ``path`` imports, transitively (``path`` included; modules
+    that import each other are walked once)."""
+    found, todo = {path}, [path]
+    while todo:
+        for module in direct_imports(todo.pop()) - found:
+            found.add(module)
+            todo.append(module)
     return frozenset(found)
 
 
@@ -187,12 +194,18 @@ def test_command_line_paths_are_deps_or_outs(stage):
 
 def test_prepare_depends_on_every_required_source_file():
     # A URL base directory cannot be a DVC dep, but each file under it can (its ETag is
-    # checked): the train and dev files every task needs. Test files may be absent upstream.
+    # checked): the train and dev files every cs224n task needs. Test files may be absent
+    # upstream. Files of other formats live under data/tasks, a dep as a whole.
     deps = entry_paths(STAGES["prepare"]["deps"])
-    source = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["source"]
-    required = {f"{source}/{file_name(t, s)}" for t in TASKS for s in ("train", "dev")}
+    params = load_params(ROOT / "params.yaml")
+    source = params.data.source
+    cs224n = [t for t in params.tasks.values() if t.data.format == "cs224n" and not t.data.dir]
+    assert cs224n, "params.yaml: the default tasks are the CS224N ones"
+    required = {f"{source}/{file_name(t, s)}" for t in cs224n for s in ("train", "dev")}
     assert required <= set(deps), f"dvc.yaml: prepare: missing deps {sorted(required - set(deps))}"
     assert "--source" in STAGES["prepare"]["cmd"] and source in STAGES["prepare"]["cmd"]
+    assert "data/tasks" in deps and (ROOT / "data" / "tasks").is_dir()
+    assert {"data", "tasks"} <= set(STAGES["prepare"]["params"])
 
 
 def test_training_seeds_reach_only_the_train_runs_and_the_ensemble():

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data import SCHEMAS
+from pipeline.data import schema
 from pipeline.ensemble import (
     average_predictions,
     ensemble_metrics,
@@ -122,10 +122,10 @@ def test_no_member_is_an_error():
 # -- ensemble_metrics -------------------------------------------------------------------------
 
 def prepared(task: str, rows: list[tuple]) -> pd.DataFrame:
-    """A prepared table in the schema of pipeline.data.SCHEMAS."""
-    columns = list(SCHEMAS[task])
-    return pd.DataFrame({col: pd.Series([r[i] for r in rows], dtype=SCHEMAS[task][col])
-                         for i, col in enumerate(columns)})
+    """A prepared table in the schema of pipeline.data.schema(task)."""
+    dtypes = schema(task)
+    return pd.DataFrame({col: pd.Series([r[i] for r in rows], dtype=dtype)
+                         for i, (col, dtype) in enumerate(dtypes.items())})
 
 
 DEV = {
@@ -345,6 +345,11 @@ def test_stage_plots(stage_run):
     assert sorted(confusion.columns) == sorted([x, y])
     assert confusion[x].tolist() == [3, 4, 1, 2]
     assert confusion[y].tolist() == [3, 4, 0, 2]
+    # every classifier gets one, QQP too (same columns as SST's): q2, q1, q5, q3, q4
+    confusion = pd.read_csv(tmp / "plots" / "qqp_confusion.csv")
+    assert sorted(confusion.columns) == sorted([x, y])
+    assert confusion[x].tolist() == [0, 1, 0, 0, 1]
+    assert confusion[y].tolist() == [0, 1, 1, 0, 1]
     x, y = axes["sts_scatter.csv"]  # true, predicted similarity
     scatter = pd.read_csv(tmp / "plots" / "sts_scatter.csv")
     assert sorted(scatter.columns) == sorted([x, y])
@@ -391,5 +396,5 @@ def test_stage_leaves_no_temp_files(stage_run):
          "cards"])
     hidden = [p for p in tmp.rglob("*") if p.name.startswith(".")]
     assert hidden == []
-    assert sorted(p.name for p in (tmp / "plots").iterdir()) == ["sst_confusion.csv",
-                                                                 "sts_scatter.csv"]
+    assert sorted(p.name for p in (tmp / "plots").iterdir()) == [
+        "qqp_confusion.csv", "sst_confusion.csv", "sts_scatter.csv"]

@@ -15,12 +15,12 @@ from pipeline.batching import tokenize_task
 from pipeline.config import ModelConfig
 from pipeline.evaluate import (
     outputs_to_frame,
-    overall_score,
     predict,
     score_predictions,
     task_metric,
 )
 from pipeline.model import MultitaskModel
+from pipeline.tasks import default_tasks, overall_score
 
 CPU = torch.device("cpu")
 
@@ -87,10 +87,12 @@ def test_pearson_of_constant_is_zero():
 
 def test_overall_score_by_hand():
     metrics = {"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.6}
-    assert overall_score(metrics) == pytest.approx((0.5 + 0.8 + 1.6 / 2) / 3)
+    specs = default_tasks()
+    assert overall_score(specs, metrics) == pytest.approx((0.5 + 0.8 + 1.6 / 2) / 3)
     # a member trained on fewer tasks: the mean of its own terms; other keys are ignored
-    assert overall_score({"sst_acc": 0.5, "loss": 7.0}) == pytest.approx(0.5)
-    assert overall_score({"qqp_acc": 0.8, "sts_pearson": -0.2}) == pytest.approx((0.8 + 0.4) / 2)
+    assert overall_score(specs, {"sst_acc": 0.5, "loss": 7.0}) == pytest.approx(0.5)
+    assert overall_score(specs, {"qqp_acc": 0.8, "sts_pearson": -0.2}) == pytest.approx(
+        (0.8 + 0.4) / 2)
 
 
 def test_score_predictions_names_metrics():

@@ -45,14 +45,15 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
-    tmp = tmp_path_factory.mktemp("e2e")
+def tiny_project(tmp: Path, tiny_bert: Path, cs224n_dir: Path, amazon_dir: Path
+                 ) -> tuple[Path, dict]:
+    """The project's code, DAG and params in ``tmp``/proj, on the first rows of the real files
+    and a tiny random BERT, CPU-sized; returns it with its params (not yet written)."""
     proj = tmp / "proj"
     proj.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, proj / name)
-    for name in ("stages", "pipeline", ".dvc"):
+    for name in ("stages", "pipeline", ".dvc", "data/tasks"):
         shutil.copytree(ROOT / name, proj / name,
                         ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
     nltk_data = ROOT / "data" / "nltk_data"
@@ -74,11 +75,22 @@ def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
                            custom={"task": "qqp", "fraction": 0.8, "epochs": 1})
     params["augment"]["reviews"].update(source=str(reviews), per_label=5)
     params["seeds"] = SEEDS
+    return proj, params
+
+
+def commit_and_repro(proj: Path, params: dict) -> None:
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], proj)
     run(["git", "add", "-A"], proj)
     run(["git", "commit", "-qm", "tiny project"], proj)
     run(["dvc", "repro"], proj)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
+    proj, params = tiny_project(tmp_path_factory.mktemp("e2e"), tiny_bert, cs224n_dir,
+                                amazon_dir)
+    commit_and_repro(proj, params)
     return proj
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import EdaConfig
+from pipeline.data import augmented_table
 
 OPERATIONS = ("sr", "ri", "rs", "rd")
 
@@ -254,17 +255,10 @@ def augment_table(
             cols["source_id"].append(sid)
             cols["method"].append(op)
     n = len(cols["id"])
-    table = pd.DataFrame(
-        {
-            "id": pd.Series(cols["id"], dtype="str"),
-            "sentence": pd.Series(cols["sentence"], dtype="str"),
-            "label": pd.Series(cols["label"], dtype="Int8"),
-            "source": pd.Series(["eda"] * n, dtype="str"),
-            "source_id": pd.Series(cols["source_id"], dtype="str"),
-            "method": pd.Series(cols["method"], dtype="str"),
-            "score": pd.Series([None] * n, dtype="Float32"),
-        }
-    )
+    table = augmented_table(pd.DataFrame(
+        {**{c: cols[c] for c in ("id", "sentence", "label")}, "source": ["eda"] * n,
+         "source_id": cols["source_id"], "method": cols["method"], "score": [None] * n}
+    ))
     report = {
         "input_sentences": len(sst),
         "empty_sentences": empty,

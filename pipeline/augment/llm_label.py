@@ -35,19 +35,16 @@ import torch
 
 from pipeline.augment.llm_prompt import LABEL_NAMES, EncodedPrompt, text_hash
 from pipeline.config import LlmConfig
+from pipeline.data import AUGMENTED_SCHEMA
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 
 NUM_LABELS = len(LABEL_NAMES)
 PROB_COLUMNS = [f"p{j}" for j in range(NUM_LABELS)]
-# The `llm` augmentation table: the SST columns, the shared augmentation columns, then its own.
+# The `llm` augmentation table: the shared augmented columns (score: the label's probability),
+# then its own.
 COLUMNS = {
-    "id": "str",
-    "sentence": "str",
-    "label": "Int8",
-    "source": "str",
-    "source_id": "str",
-    "method": "str",
-    "score": "float32",
+    **AUGMENTED_SCHEMA,
     "star_label": "Int8",
     **{c: "float32" for c in PROB_COLUMNS},
 }
@@ -70,12 +67,6 @@ class Scorer(Protocol):
 
 # ---------------------------------------------------------------------------------------------
 # transformers backend
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_causal_lm(name: str, device: str = "auto"):

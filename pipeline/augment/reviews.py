@@ -48,6 +48,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import ReviewsConfig
+from pipeline.data import augmented_table
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 
@@ -701,12 +703,9 @@ def embed_cached(
 def sentence_encoder(model_path: str, device: str, batch_size: int, progress: bool = True
                      ) -> Encoder:
     """A sentence-transformers model as an :data:`Encoder` of unit-norm float32 rows."""
-    import torch
     from sentence_transformers import SentenceTransformer
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = SentenceTransformer(model_path, device=device)
+    model = SentenceTransformer(model_path, device=str(resolve_device(device)))
 
     def encode(texts: list[str]) -> np.ndarray:
         return model.encode(
@@ -912,14 +911,14 @@ def mine_reviews(
         )
 
     rows = [candidates[i] for i in kept]
-    table = pd.DataFrame(
+    table = augmented_table(pd.DataFrame(
         {
-            "id": pd.Series([f"amazon-{r.file}-{r.line}" for r in rows], dtype="str"),
-            "sentence": pd.Series([r.text for r in rows], dtype="str"),
-            "label": pd.Series([r.label for r in rows], dtype="Int8"),
-            "source": pd.Series(["amazon"] * len(rows), dtype="str"),
-            "source_id": pd.Series([f"{r.asin}/{r.reviewer}" for r in rows], dtype="str"),
-            "method": pd.Series([cfg.selection] * len(rows), dtype="str"),
+            "id": [f"amazon-{r.file}-{r.line}" for r in rows],
+            "sentence": [r.text for r in rows],
+            "label": [r.label for r in rows],
+            "source": ["amazon"] * len(rows),
+            "source_id": [f"{r.asin}/{r.reviewer}" for r in rows],
+            "method": [cfg.selection] * len(rows),
             # NaN (random selection: no similarity) becomes null in the nullable Float32.
             "score": pd.Series(scores[kept], dtype="Float32"),
             "asin": pd.Series([r.asin for r in rows], dtype="str"),
@@ -928,7 +927,7 @@ def mine_reviews(
             "line": pd.Series([r.line for r in rows], dtype="int64"),
             "star_label": pd.Series([r.label for r in rows], dtype="Int8"),
         }
-    )
+    ))
     kept_cells = np.zeros((N_LABELS, targets.n_bins), dtype=np.int64)
     np.add.at(kept_cells, (cand_labels[kept], cand_cells[kept] % targets.n_bins), 1)
     report = {
