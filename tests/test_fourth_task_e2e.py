@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_pipeline_e2e import commit_and_repro, run, tiny_project
 
 from pipeline.config import load_params
 from pipeline.data import SPLITS, load_prepared, read_task_split
 from pipeline.predict import main as predict_main
-from tests.test_pipeline_e2e import commit_and_repro, run, tiny_project
 
 POLARITY = {
     "kind": "binary",

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 from scipy.stats import spearmanr
 
 from pipeline.config import ConfigError, load_params, parse_params
@@ -18,7 +19,6 @@ from pipeline.evaluate import macro_f1, outputs_to_frame, task_metric
 from pipeline.losses import contrastive_loss, has_contrastive, task_loss
 from pipeline.model import MultitaskModel
 from pipeline.tasks import CS224N_TASKS, default_tasks, overall_score
-from tests.conftest import ROOT
 
 MODELS = {"models": {"m": {}}}
 
