@@ -215,10 +215,9 @@ def _parse_label(text: str, spec: LabelSpec) -> tuple[float | int | None, str | 
 
 
 def _parse_record(
-    spec: TaskSpec, record: dict[str, str], labelled: bool
+    spec: TaskSpec, labels: LabelSpec, record: dict[str, str], labelled: bool
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Clean one row's fields; also return every (reason, raw value) that makes it unusable."""
-    labels = label_spec(spec)
     problems = []
     values: dict[str, Any] = {"id": record["id"].strip()}
     if not values["id"]:
@@ -504,6 +503,7 @@ def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
     names += _check_header(path, header[1], task, labelled)
     n_index = len(names) - len(_expected_columns(task, labelled))
     columns: dict[str, list[Any]] = {col: [] for col in schema(task)}
+    labels = label_spec(task)
     seen: set[str] = set()
     for line, row in records:
         report.rows_read += 1
@@ -511,9 +511,9 @@ def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
             report.reject(line, "", [("blank line", "".join(row))])
             continue
         if len(row) != len(names):
-            raise _field_count_error(path, line, row, names, label_spec(task) if labelled else None)
+            raise _field_count_error(path, line, row, names, labels if labelled else None)
         record = dict(zip(names[n_index:], row[n_index:], strict=True))
-        values, problems = _parse_record(task, record, labelled)
+        values, problems = _parse_record(task, labels, record, labelled)
         if values["id"] in seen:
             problems.insert(0, ("duplicate id", values["id"]))
         if problems:

@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.evaluate import score_predictions
 from pipeline.seeds import aggregate, scalar_metrics, seed_dir
-from pipeline.tasks import TaskSpec, task_spec
+from pipeline.tasks import TaskSpec, specs_for, task_spec
 
 
 def average_predictions(task: TaskSpec | str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -77,7 +77,7 @@ def labels_for(task: TaskSpec | str, frame: pd.DataFrame, dev: pd.DataFrame) -> 
 def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame],
                      specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
     """Dev metrics of the ensembled predictions against the prepared dev labels (by id)."""
-    specs = {task: (specs or {}).get(task) or task_spec(task) for task in preds}
+    specs = specs_for(preds, specs)
     labels = {task: labels_for(specs[task], frame, dev[task]) for task, frame in preds.items()}
     return score_predictions(preds, labels, specs)
 

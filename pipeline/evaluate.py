@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 from pipeline.batching import TokenizedTask, batch_indices, collate
 from pipeline.device import autocast
 from pipeline.model import MultitaskModel
-from pipeline.tasks import TaskSpec, overall_score, task_spec
+from pipeline.tasks import TaskSpec, overall_score, specs_for, task_spec
 
 
 def outputs_to_frame(task: TaskSpec | str, ids: list[str], raw: np.ndarray) -> pd.DataFrame:
@@ -108,7 +108,7 @@ def score_predictions(frames: dict[str, pd.DataFrame], labels: dict[str, np.ndar
                       specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
     """Each task's metric (``<task>_<metric>``) and the overall score; ``specs`` default to
     the CS224N tasks of those names."""
-    specs = {task: (specs or {}).get(task) or task_spec(task) for task in frames}
+    specs = specs_for(frames, specs)
     metrics = {specs[task].metric_name: task_metric(specs[task], frames[task]["pred"].to_numpy(),
                                                     labels[task]) for task in frames}
     metrics["overall"] = overall_score(specs, metrics)

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from pipeline.config import ConfigError, HeadConfig, MemberConfig, ModelConfig, build
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
-from pipeline.tasks import TaskSpec, default_tasks, task_spec
+from pipeline.tasks import TaskSpec, task_spec
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A saved member's own files, beside the backbone's and the tokenizer's (save_member).
@@ -295,12 +295,10 @@ def read_member_config(directory: str | Path) -> MemberConfig:
                               f"(expected {MEMBER_CONFIG_FILE} beside {HEADS_FILE} and the "
                               f"backbone's config.json)")
     try:
-        saved = _params_keys(json.loads(path.read_text(encoding="utf-8")))
-        if isinstance(saved, dict) and "specs" not in saved:  # saved before tasks were declared
-            defaults = default_tasks()
-            saved["specs"] = {t: dataclasses.asdict(defaults[t]) for t in saved.get("tasks", [])
-                              if t in defaults}
-        return build(MemberConfig, saved, str(path))
+        # A member saved before tasks were declared has no `specs`: MemberConfig fills in the
+        # CS224N declarations of its tasks.
+        return build(MemberConfig, _params_keys(json.loads(path.read_text(encoding="utf-8"))),
+                     str(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SavedModelError(f"{path}: not valid JSON ({exc})") from None
     except ConfigError as exc:

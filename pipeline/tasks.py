@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -172,10 +173,9 @@ def resolve_task(name: str, spec: TaskSpec, where: str) -> TaskSpec:
         resolved[key] = value
     if spec.overall_weight < 0:
         raise TaskError(f"{where}.overall_weight: expected a number ≥ 0")
-    for placeholder in ("{split}",):
-        if placeholder not in spec.submission.file:
-            raise TaskError(f"{where}.submission.file: {spec.submission.file!r} must hold "
-                            f"{placeholder} (one file per split)")
+    if "{split}" not in spec.submission.file:
+        raise TaskError(f"{where}.submission.file: {spec.submission.file!r} must hold "
+                        f"{{split}} (one file per split)")
     return dataclasses.replace(spec, name=name, **resolved)
 
 
@@ -229,6 +229,12 @@ def default_tasks() -> dict[str, TaskSpec]:
     from pipeline.config import build_tasks  # config builds tasks: import it at call time
 
     return build_tasks(CS224N_TASKS)
+
+
+def specs_for(names: Iterable[str], specs: dict[str, TaskSpec] | None = None
+              ) -> dict[str, TaskSpec]:
+    """The declaration of each of ``names``: from ``specs``, else the CS224N default."""
+    return {name: (specs or {}).get(name) or task_spec(name) for name in names}
 
 
 def task_spec(task: TaskSpec | str) -> TaskSpec:
