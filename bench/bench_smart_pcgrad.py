@@ -16,8 +16,8 @@ copy of the same initial model (fp32 master weights, whatever dtype a DIR stores
 - smart-project-vat: that with f(x) a constant target (``smart.clean_grad: false``);
 - pcgrad: the plain losses through ``PCGrad.accumulate`` / ``combine``.
 
-Every loss is the trainer's own (``pipeline.train.task_step_loss``). The modes take turns within
-each step (in rotating order), so a change in machine load hits all of them alike. Prints the
+Every loss is the trainer's own (``pipeline.objective.task_step_loss``). The modes take turns
+within each step (in rotating order), so a change in machine load hits all of them alike. Prints the
 median step time over ``--steps`` steps after ``--warmup``, the ratios to plain, and memory: on
 CUDA the peak allocated during each mode's steps (all models are resident, so compare
 differences); with pcgrad the bytes of its per-task buffers against one flat fp32 copy of the
@@ -64,9 +64,10 @@ from pipeline.data import read_task_split
 from pipeline.device import autocast
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel, load_tokenizer
+from pipeline.objective import task_step_loss
+from pipeline.optim import build_optimizer
 from pipeline.pcgrad import PCGrad
 from pipeline.smart import eval_mode, smart_regularizer, smoothness_loss
-from pipeline.train import build_optimizer, task_step_loss
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"

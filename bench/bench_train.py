@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.batching import tokenize_member_data
 from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
-from pipeline.data import member_frames, prepare
+from pipeline.data import member_frames, prepare, write_prepared
 from pipeline.device import resolve_device
 from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel, load_tokenizer
-from pipeline.train import Trainer, tokenize_member_data
+from pipeline.train import Trainer
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
@@ -142,7 +143,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         args.prepared = Path(tmp)
-        prepare(str(args.data), args.prepared, {}, 0, args.prepared / "raw")
+        write_prepared(prepare(str(args.data), {}, 0, args.prepared / "raw"), args.prepared)
         ctx = mp.get_context("spawn")
         results = []
         jobs = [(run_plain, (args,)), (run_bestfit, (args, "fp32")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from transformers import PreTrainedTokenizerBase
 
 from pipeline.model import Encoding
 from pipeline.tasks import TaskSpec, task_spec
+
+if TYPE_CHECKING:
+    from pipeline.config import MemberConfig
 
 WINDOW_BATCHES = 50
 
@@ -159,3 +163,28 @@ def epoch_batches(data: TokenizedTask, subset: np.ndarray, batch_size: int, step
             yield subset[local]
             produced += 1
         passes += 1
+
+
+@dataclass
+class TaskData:
+    """A member's tokenized data, per task and split (``train``, ``dev``, ``test``)."""
+
+    splits: dict[str, dict[str, TokenizedTask]]
+
+    def split(self, name: str) -> dict[str, TokenizedTask]:
+        return {task: splits[name] for task, splits in self.splits.items() if name in splits}
+
+
+def tokenize_member_data(frames: dict[str, dict[str, pd.DataFrame]], member: MemberConfig,
+                         tokenizer) -> TaskData:
+    """Every split of every task of ``member`` tokenized once; the sentences of a pair alone
+    too (training split) when the contrastive loss needs them."""
+    with_singles = member.loss.contrastive_weight > 0
+    return TaskData({
+        task: {
+            split: tokenize_task(member.specs[task], frame, tokenizer, member.model.max_length,
+                                 member.model.pair_encoding, with_singles and split == "train")
+            for split, frame in splits.items()
+        }
+        for task, splits in frames.items()
+    })

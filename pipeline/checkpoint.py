@@ -10,10 +10,12 @@ optimiser's per-parameter state is keyed by int) as ``{"__items__": [[key, value
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.batching import TaskData
+    from pipeline.config import MemberConfig
 
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
 
@@ -99,3 +105,18 @@ def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str,
     if not isinstance(plain, dict):
         raise CheckpointError(f"{directory}/{STATE_FILE}: expected a JSON object; {advice}")
     return _join(plain, tensors, str(directory))
+
+
+def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
+    """Identifies a run: a checkpoint is resumed only by a run with the same config and data
+    (how often it checkpoints is not part of it)."""
+    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None)
+    config = dataclasses.asdict(dataclasses.replace(member, train=train))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for task, splits in sorted(data.splits.items()):
+        train = splits["train"]
+        digest.update(task.encode())
+        digest.update("\0".join(train.ids).encode())
+        if train.labels is not None:
+            digest.update(train.labels.tobytes())
+    return digest.hexdigest()

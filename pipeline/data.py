@@ -135,6 +135,9 @@ def task_dir(task: TaskSpec | str, source_dir: Path) -> Path:
     return Path(source_dir) if spec.data.format == "cs224n" else Path(".")
 
 
+REPORT_FILE = "report.json"  # in the prepared dir: rows read, kept, rejected and why
+
+
 def prepared_path(prepared_dir: Path, task: TaskSpec | str, split: str) -> Path:
     name = task if isinstance(task, str) else task.name
     return Path(prepared_dir) / f"{name}_{split}.parquet"
@@ -814,18 +817,24 @@ def cap_rows(table: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     return table.iloc[keep].reset_index(drop=True)
 
 
+@dataclass
+class Prepared:
+    """Every split of every task, validated and capped, and the report of how (``report.json``:
+    rows read, kept, rejected and why, per split)."""
+
+    tables: dict[tuple[str, str], pd.DataFrame]  # (task, split) → table in its schema
+    report: dict[str, Any]
+
+
 def prepare(
-    source: str, out_dir: Path, train_rows: dict[str, int], seed: int, cache_dir: Path,
+    source: str, train_rows: dict[str, int], seed: int, cache_dir: Path,
     dev_rows: dict[str, int] | None = None, tasks: dict[str, TaskSpec] | None = None,
-) -> dict[str, Any]:
-    """Read every split of every task (default: the CS224N ones) from its files, write the
-    parquet tables and ``report.json``; ``source`` is where the cs224n-format files are.
+) -> Prepared:
+    """Read every split of every task (default: the CS224N ones) from its files; ``source`` is
+    where the cs224n-format files are (downloaded into ``cache_dir`` when a URL).
 
     ``train_rows`` / ``dev_rows`` cap a task's train / dev split to a seeded sample (CPU-sized
     runs: QQP's 20k dev pairs would cost more than a short epoch to score).
-
-    Every file is read and validated before anything is written, so a malformed file leaves
-    the previous outputs untouched.
     """
     tasks = tasks or default_tasks()
     caps = {"train": train_rows, "dev": dev_rows or {}}
@@ -843,8 +852,6 @@ def prepare(
                 table = cap_rows(table, caps[split].get(task), seed)
             report.rows_written = len(table)
             tables[task, split], reports[task, split] = table, report
-    for (task, split), table in tables.items():
-        write_parquet(table, prepared_path(out_dir, task, split))
     summary = {
         "source": source,
         "train_rows": dict(train_rows),
@@ -854,8 +861,17 @@ def prepare(
             task: {split: reports[task, split].to_dict() for split in SPLITS} for task in tasks
         },
     }
-    write_json(summary, Path(out_dir) / "report.json")
-    return summary
+    return Prepared(tables, summary)
+
+
+def write_prepared(prepared: Prepared, out_dir: Path) -> None:
+    """The tables and ``report.json`` as the prepared dir, replaced whole (a table of a task
+    no longer declared does not stay behind); ``load_prepared`` reads them back."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for (task, split), table in prepared.tables.items():
+            write_parquet(table, prepared_path(tmp, task, split))
+        write_json(prepared.report, tmp / REPORT_FILE)
 
 
 def member_frames(member: MemberConfig, prepared_dir: Path, augmented_dir: Path,

@@ -36,6 +36,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+PCGRAD_STEPS_FILE = "pcgrad_steps.tsv"  # step_table()'s file in a member's DVCLive dir (Figure 4)
+
 
 def pcgrad_coefficients(gram: np.ndarray, orders: list[list[int]]
                         ) -> tuple[np.ndarray, list[tuple[int, int, float]]]:

@@ -13,13 +13,23 @@ N_i being the number of batches in task i's training data.
   trained, each epoch one full pass over a seeded ``custom.fraction`` of its data whatever
   ``batches_per_epoch`` says (the phase is meant to cover that fraction, at the cost of a longer
   run); then round-robin.
+
+``plan_epochs`` draws every epoch's steps and training subsets up front from the seed, so the LR
+schedule knows the run's length and a resumed run replays exactly the epochs it missed.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from pipeline.config import TrainConfig
+from pipeline.config import MemberConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from pipeline.batching import TokenizedTask
 
 
 def annealing_alpha(epoch: int, epochs: int) -> float:
@@ -78,3 +88,38 @@ def epoch_tasks(cfg: TrainConfig, batches_per_task: dict[str, int], epoch: int,
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     return [tasks[i] for i in rng.choice(len(tasks), size=total, p=probs)]
+
+
+@dataclass
+class EpochPlan:
+    """Per epoch: the task of every step and the training subset of every task."""
+
+    tasks: list[list[str]]
+    subsets: list[dict[str, np.ndarray]]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(len(t) for t in self.tasks)
+
+
+def plan_epochs(member: MemberConfig, train: dict[str, TokenizedTask]) -> EpochPlan:
+    """Draw every epoch's schedule up front from the seed, so the LR schedule knows its length
+    and a resumed run replays exactly the epochs it missed."""
+    cfg = member.train
+    tasks, subsets = [], []
+    for epoch in range(1, cfg.epochs + 1):
+        subset = {}
+        for k, task in enumerate(train):
+            n = len(train[task])
+            keep = max(1, math.ceil(n * data_fraction(cfg, task, epoch)))
+            order = np.random.default_rng([cfg.seed, k]).permutation(n)  # same subset each epoch
+            subset[task] = np.sort(order[:keep])
+        batches = {task: math.ceil(len(subset[task]) / cfg.batch_size) for task in train}
+        steps = epoch_tasks(cfg, batches, epoch, np.random.default_rng([cfg.seed, epoch]))
+        if member.pcgrad.enabled:
+            # A PCGrad step takes one batch of every task active in this epoch.
+            active = sorted(set(steps), key=list(train).index)
+            steps = [",".join(active)] * max(1, len(steps) // len(active))
+        tasks.append(steps)
+        subsets.append(subset)
+    return EpochPlan(tasks, subsets)

@@ -1,10 +1,11 @@
 """The multitask training loop.
 
 Reads top to bottom in the order it runs: data → model → optimiser → epochs (steps, dev
-evaluation, checkpoint) → best model → predictions. AdamW (Loshchilov & Hutter 2019) with linear
-warmup and linear decay, gradient clipping, bf16 autocast. Each step's loss is one task's
-(``task_step_loss``), so regularisers (SMART) and gradient surgery (PCGrad) work on per-task
-losses.
+evaluation, checkpoint) → best model → test predictions, returned to the stage that writes them.
+The parts it puts together live with their concepts: the objective of one step
+(``pipeline.objective``), the optimiser and LR schedule (``pipeline.optim``), the epochs' task
+plan (``pipeline.schedule``), the tokenized data and batches (``pipeline.batching``), PCGrad's
+gradient surgery (``pipeline.pcgrad``), the device and autocast (``pipeline.device``).
 
 Resumable anywhere: a checkpoint (pickle-free, ``pipeline.checkpoint``) is written at every
 epoch's end and every ``checkpoint_steps`` steps / ``checkpoint_minutes`` minutes within one,
@@ -17,13 +18,11 @@ fingerprint of the run that wrote it and is never shipped by another.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,44 +31,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.batching import Batch, TokenizedTask, collate, epoch_batches, tokenize_task
-from pipeline.checkpoint import CheckpointError, load_state, save_state
+from pipeline.batching import TaskData, collate, epoch_batches, tokenize_member_data
+from pipeline.checkpoint import CheckpointError, config_fingerprint, load_state, save_state
 from pipeline.config import MemberConfig
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import UserError
-from pipeline.evaluate import (
-    outputs_to_frame,
-    predict,
-    score_predictions,
-    task_metric,
-)
-from pipeline.io import (
-    atomic_outputs,
-    atomic_path,
-    recover_outputs,
-    write_json,
-    write_parquet,
-    write_text,
-)
-from pipeline.losses import contrastive_loss, has_contrastive, task_loss
-from pipeline.model import (
-    MultitaskModel,
-    cosine_distance,
-    load_member_weights,
-    load_tokenizer,
-    save_member,
-)
-from pipeline.model_card import CARD_FILE, model_card
+from pipeline.evaluate import outputs_to_frame, predict, score_predictions, task_metric
+from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.model import MultitaskModel, load_member_weights, load_tokenizer, save_member
+from pipeline.objective import task_step_loss
+from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.pcgrad import PCGrad
-from pipeline.schedule import data_fraction, epoch_tasks
-from pipeline.smart import smart_regularizer
+from pipeline.schedule import plan_epochs
 
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
 BEST_STAMP = "run.json"  # in best/: the fingerprint and epoch of the run that wrote it
 CHECKPOINT_FORMAT = 1
-PCGRAD_STEPS_FILE = "pcgrad_steps.tsv"  # in the DVCLive dir, for the paper's Figure 4
 PROGRESS_SECONDS = 30
 
 log = logging.getLogger("bestfit.train")
@@ -81,131 +60,6 @@ def non_finite(values: dict[str, float]) -> dict[str, float]:
 
 class TrainingError(UserError):
     """Training produced something unusable (a NaN loss or metric); the message says what."""
-
-
-@dataclass
-class TaskData:
-    """A member's tokenized data, per task and split (``train``, ``dev``, ``test``)."""
-
-    splits: dict[str, dict[str, TokenizedTask]]
-
-    def split(self, name: str) -> dict[str, TokenizedTask]:
-        return {task: splits[name] for task, splits in self.splits.items() if name in splits}
-
-
-# The extra SST training table each `augment:` source of a member names.
-def tokenize_member_data(frames: dict[str, dict[str, pd.DataFrame]], member: MemberConfig,
-                         tokenizer) -> TaskData:
-    with_singles = member.loss.contrastive_weight > 0
-    return TaskData({
-        task: {
-            split: tokenize_task(member.specs[task], frame, tokenizer, member.model.max_length,
-                                 member.model.pair_encoding, with_singles and split == "train")
-            for split, frame in splits.items()
-        }
-        for task, splits in frames.items()
-    })
-
-
-def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One task's training loss on one batch: the supervised loss, plus the contrastive term
-    (pair tasks, when weighted) and λ·R_s of SMART (when λ > 0), times the task weight.
-    Also returns the task head's output, from which the trainer scores the training batches."""
-    task, spec = batch.task, model.specs[batch.task]
-    smart_lambda = member.smart.lambda_for(task)
-    embeds = model.input_embeddings(batch.inputs) if smart_lambda > 0 else None
-    output = model(task, batch.inputs, inputs_embeds=embeds)
-    loss = task_loss(spec, output, batch.labels, member.loss.ordered_ce_weight)
-    if member.loss.contrastive_weight > 0 and has_contrastive(spec):
-        u, v = (model.embed(enc) for enc in batch.singles)
-        loss = loss + member.loss.contrastive_weight * contrastive_loss(
-            spec, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
-            member.loss.sts_contrastive_target)
-    if smart_lambda > 0:
-        regularizer = smart_regularizer(
-            lambda perturbed: model(task, batch.inputs, inputs_embeds=perturbed),
-            embeds, [enc["attention_mask"] for enc in batch.inputs], spec, member.smart, model,
-            output=output)
-        loss = loss + smart_lambda * regularizer
-    return member.loss.task_weights.get(task, 1.0) * loss, output
-
-
-def build_optimizer(model: MultitaskModel, member: MemberConfig) -> torch.optim.AdamW:
-    """AdamW; biases and normalisation weights get no weight decay."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    cfg = member.train
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=tuple(cfg.betas),
-    )
-
-
-def warmup_linear_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: 0 → 1 over the warmup steps, then linearly 1 → 0 at ``total_steps``."""
-    warmup = int(total_steps * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
-
-
-def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
-    """Identifies a run: a checkpoint is resumed only by a run with the same config and data
-    (how often it checkpoints is not part of it)."""
-    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None)
-    config = dataclasses.asdict(dataclasses.replace(member, train=train))
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for task, splits in sorted(data.splits.items()):
-        train = splits["train"]
-        digest.update(task.encode())
-        digest.update("\0".join(train.ids).encode())
-        if train.labels is not None:
-            digest.update(train.labels.tobytes())
-    return digest.hexdigest()
-
-
-@dataclass
-class EpochPlan:
-    """Per epoch: the task of every step and the training subset of every task."""
-
-    tasks: list[list[str]]
-    subsets: list[dict[str, np.ndarray]]
-
-    @property
-    def total_steps(self) -> int:
-        return sum(len(t) for t in self.tasks)
-
-
-def plan_epochs(member: MemberConfig, train: dict[str, TokenizedTask]) -> EpochPlan:
-    """Draw every epoch's schedule up front from the seed, so the LR schedule knows its length
-    and a resumed run replays exactly the epochs it missed."""
-    cfg = member.train
-    tasks, subsets = [], []
-    for epoch in range(1, cfg.epochs + 1):
-        subset = {}
-        for k, task in enumerate(train):
-            n = len(train[task])
-            keep = max(1, math.ceil(n * data_fraction(cfg, task, epoch)))
-            order = np.random.default_rng([cfg.seed, k]).permutation(n)  # same subset each epoch
-            subset[task] = np.sort(order[:keep])
-        batches = {task: math.ceil(len(subset[task]) / cfg.batch_size) for task in train}
-        steps = epoch_tasks(cfg, batches, epoch, np.random.default_rng([cfg.seed, epoch]))
-        if member.pcgrad.enabled:
-            # A PCGrad step takes one batch of every task active in this epoch.
-            active = sorted(set(steps), key=list(train).index)
-            steps = [",".join(active)] * max(1, len(steps) // len(active))
-        tasks.append(steps)
-        subsets.append(subset)
-    return EpochPlan(tasks, subsets)
 
 
 @dataclass
@@ -272,8 +126,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, member)
         self.train_sets = data.split("train")
         self.plan = plan_epochs(member, self.train_sets)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_linear_decay(self.plan.total_steps, self.cfg.warmup_ratio))
+        self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps,
+                                         self.cfg.warmup_ratio)
         self.pcgrad = None
         self.pcgrad_generator = torch.Generator()
         if member.pcgrad.enabled:
@@ -510,9 +364,6 @@ class Trainer:
                 result.best_metrics, result.best_epoch = metrics, epoch
                 self._save_best(dev_predictions, epoch)
             self._save_checkpoint(epoch)
-        if self.live is not None and result.pcgrad_steps:
-            write_text(pd.DataFrame(result.pcgrad_steps).to_csv(sep="\t", index=False),
-                       Path(self.live.dir) / PCGRAD_STEPS_FILE)
         if self._best_stamp() != {"fingerprint": self.fingerprint, "epoch": result.best_epoch}:
             raise CheckpointError(f"{self.best_dir}: not this run's best snapshot (epoch "
                                   f"{result.best_epoch}); delete {self.best_dir.parent} and "
@@ -537,17 +388,28 @@ class Trainer:
         self.live.next_step()
 
 
-def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]], out_dir: Path,
-               checkpoint_dir: Path, live=None) -> dict[str, float]:
-    """Train ``member`` and write its model dir, dev/test predictions and metrics to ``out_dir``.
+@dataclass
+class TrainedMember:
+    """A trained member with its best epoch's weights loaded, and what its stage writes: the
+    metrics, the best snapshot (``best_dir``: ``model/`` and the dev ``predictions/``) and the
+    test predictions."""
 
-    Returns the metrics written to ``out_dir/metrics.json``.
-    """
-    for path, what in ((out_dir, "output"), (checkpoint_dir, "checkpoint")):
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{path}: not a directory; the {what} directory must be one "
-                            f"(move the file away)")
-    recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
+    member: MemberConfig
+    model: MultitaskModel
+    result: TrainResult
+    metrics: dict[str, object]
+    best_dir: Path
+    test_predictions: dict[str, pd.DataFrame]
+
+
+def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
+                 checkpoint_dir: Path, live=None) -> TrainedMember:
+    """Train ``member`` on ``frames`` (task → split → table), resuming from ``checkpoint_dir``
+    when it holds this run's checkpoint; writes nothing but the checkpoints and the best
+    snapshot there."""
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise UserError(f"{checkpoint_dir}: not a directory; the checkpoint directory must be "
+                        f"one (move the file away)")
     if member.train.num_threads:
         torch.set_num_threads(member.train.num_threads)
     tokenizer = load_tokenizer(member.model.backbone)
@@ -556,8 +418,7 @@ def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
     tokenize_seconds = time.perf_counter() - began
     trainer = Trainer(member, data, tokenizer, checkpoint_dir, live)
     result = trainer.fit()
-    best_model, best_predictions = trainer.best_dir / "model", trainer.best_dir / "predictions"
-    load_member_weights(trainer.model, best_model)
+    load_member_weights(trainer.model, trainer.best_dir / "model")
     metrics = {
         **result.best_metrics,
         "best_epoch": result.best_epoch,
@@ -565,13 +426,6 @@ def run_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
         "tokenize_seconds": round(tokenize_seconds, 1),
         "train_examples": {task: len(d) for task, d in trainer.train_sets.items()},
     }
-    # One set: a kill never leaves this run's model beside an earlier run's predictions.
-    with atomic_outputs(out_dir, ["model", "predictions", "metrics.json"]) as tmp:
-        shutil.copytree(best_model, tmp["model"])
-        shutil.copytree(best_predictions, tmp["predictions"])
-        test_predictions, _ = trainer.evaluate("test")
-        for task, frame in test_predictions.items():
-            write_parquet(frame, tmp["predictions"] / f"{task}_test.parquet")
-        write_json(metrics, tmp["metrics.json"])
-        (tmp["model"] / CARD_FILE).write_text(model_card(member, metrics))  # this seed's scores
-    return metrics
+    test_predictions, _ = trainer.evaluate("test")
+    return TrainedMember(member, trainer.model, result, metrics, trainer.best_dir,
+                         test_predictions)

@@ -23,7 +23,7 @@ from pipeline.device import resolve_device
 from pipeline.errors import run_stage
 from pipeline.io import atomic_path
 from pipeline.model import MEMBER_CONFIG_FILE
-from pipeline.train import PCGRAD_STEPS_FILE
+from pipeline.pcgrad import PCGRAD_STEPS_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:

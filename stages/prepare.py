@@ -1,14 +1,15 @@
-"""DVC stage `prepare`: the CS224N files at `--source` -> validated parquet tables.
+"""DVC stage `prepare`: every declared task's files -> validated parquet tables.
 
     python stages/prepare.py --source DIR_OR_URL --out data/prepared [--params params.yaml]
 
-`--source` (dvc.yaml passes `data.source`) is a local directory or the URL base the files are
+`--source` (dvc.yaml passes `data.source`) is a local directory or the URL base the CS224N files are
 downloaded from, afresh on every run: DVC re-runs the stage when a file's ETag (URL) or content
 (directory) changes, so no download is kept between runs to go stale. A download must match its
 Content-Length and, for the files in `pipeline.data.CS224N_SHA256`, its pinned digest. A broken
 file stops the stage with one line naming the file, line and field; nothing is written. Writes
-`{sst,qqp,sts}_{train,dev,test}.parquet` and `report.json` (rows read, kept, rejected and why) to
-`--out`; `data.train_rows` / `data.dev_rows` cap splits to a sample drawn with `data.seed`.
+`<task>_{train,dev,test}.parquet` for every declared task and `report.json` (rows read, kept,
+rejected and why) to `--out`; `data.train_rows` / `data.dev_rows` cap splits to a sample drawn
+with `data.seed`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.data import prepare
+from pipeline.data import prepare, write_prepared
 from pipeline.errors import run_stage
 
 
@@ -36,15 +37,18 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cs224n-") as download_dir:
-        report = prepare(
+        prepared = prepare(
             args.source,
-            args.out,
             train_rows=params.data.train_rows,
             dev_rows=params.data.dev_rows,
             seed=params.data.seed,
             cache_dir=Path(download_dir),
             tasks=params.tasks,
         )
+    # Every file was read and validated before this point: a malformed one leaves the
+    # previous outputs as they were.
+    write_prepared(prepared, args.out)
+    report = prepared.report
     for task, splits in report["tasks"].items():
         for split, r in splits.items():
             note = " (file absent: empty table)" if r["missing"] else ""

@@ -13,12 +13,18 @@ Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
+
+import pandas as pd
 
 from pipeline.config import load_params, member_for_seed
 from pipeline.data import member_frames
-from pipeline.errors import run_stage
-from pipeline.train import run_member
+from pipeline.errors import UserError, run_stage
+from pipeline.io import atomic_outputs, recover_outputs, write_json, write_parquet, write_text
+from pipeline.model_card import CARD_FILE, model_card
+from pipeline.pcgrad import PCGRAD_STEPS_FILE
+from pipeline.train import TrainedMember, train_member
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,19 +42,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_outputs(trained: TrainedMember, out_dir: Path) -> None:
+    """``out_dir``/{model/ (with its card), predictions/, metrics.json}, as one set: a kill
+    never leaves this run's model beside an earlier run's predictions."""
+    with atomic_outputs(out_dir, ["model", "predictions", "metrics.json"]) as tmp:
+        shutil.copytree(trained.best_dir / "model", tmp["model"])
+        shutil.copytree(trained.best_dir / "predictions", tmp["predictions"])
+        for task, frame in trained.test_predictions.items():
+            write_parquet(frame, tmp["predictions"] / f"{task}_test.parquet")
+        write_json(trained.metrics, tmp["metrics.json"])
+        # This seed's scores; the ensemble stage's cards give mean ± sd over seeds.
+        (tmp["model"] / CARD_FILE).write_text(model_card(trained.member, trained.metrics))
+
+
+def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None) -> dict:
+    """Train ``member`` and write its outputs; returns its metrics."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: not a directory; the output directory must be one "
+                        f"(move the file away)")
+    recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
+    trained = train_member(member, frames, checkpoint_dir, live)
+    if live is not None and trained.result.pcgrad_steps:
+        write_text(pd.DataFrame(trained.result.pcgrad_steps).to_csv(sep="\t", index=False),
+                   Path(live.dir) / PCGRAD_STEPS_FILE)
+    write_outputs(trained, out_dir)
+    return trained.metrics
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     member = member_for_seed(params, args.member, args.seed)
     frames = member_frames(member, args.prepared, args.augmented, params.augment.task)
     if args.no_live:
-        metrics = run_member(member, frames, args.out, args.checkpoints)
+        metrics = run(member, frames, args.out, args.checkpoints)
     else:
         # Imported here: a machine without DVC (a bare GPU box) trains with --no-live.
         from dvclive import Live
 
         with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
-            metrics = run_member(member, frames, args.out, args.checkpoints, live)
+            metrics = run(member, frames, args.out, args.checkpoints, live)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -10,6 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CS224N = SHARED_DATA / "cs224n"
 AMAZON = SHARED_DATA / "amazon"
+
+
+
+def load_stage(name: str) -> ModuleType:
+    """``stages/<name>.py`` as a module (the stages are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TINY_WORDS = (
     "the a an is was and or but not no very good bad great terrible movie film story plot "

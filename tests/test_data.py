@@ -21,6 +21,7 @@ from pipeline.data import (
     load_prepared,
     prepare,
     read_task_split,
+    write_prepared,
 )
 from pipeline.tasks import default_tasks
 
@@ -169,10 +170,12 @@ def test_real_qqp_float_labels_become_integers(cs224n_dir):
 
 def test_real_prepare_end_to_end(cs224n_dir, tmp_path):
     out = tmp_path / "prepared"
-    report = prepare(
-        str(cs224n_dir), out, train_rows={"qqp": 1000}, seed=11, cache_dir=tmp_path / "cache",
+    prepared = prepare(
+        str(cs224n_dir), train_rows={"qqp": 1000}, seed=11, cache_dir=tmp_path / "cache",
         dev_rows={"qqp": 500},
     )
+    write_prepared(prepared, out)
+    report = prepared.report
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_NAMES
     qqp = report["tasks"]["qqp"]
     assert qqp["train"]["rows_kept"] == 13507 and qqp["train"]["rows_written"] == 1000
@@ -319,7 +322,9 @@ def test_missing_required_split_is_an_error(small_source):
 
 def test_prepare_writes_typed_tables_atomically(small_source, tmp_path):
     out = tmp_path / "prepared"
-    report = prepare(str(small_source), out, train_rows={}, seed=0, cache_dir=tmp_path / "c")
+    prepared = prepare(str(small_source), train_rows={}, seed=0, cache_dir=tmp_path / "c")
+    write_prepared(prepared, out)
+    report = prepared.report
     # Atomic writers rename temp names into place: only the outputs are left.
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_NAMES
     arrow = {"str": "large_string", "Int8": "int8", "float32": "float"}
@@ -353,7 +358,8 @@ def test_prepare_writes_nothing_when_a_file_is_malformed(small_source, tmp_path)
     write_tsv(small_source / "sts-test-student.csv", ["\tid\tsentence1", "0\tx\ta"])
     out = tmp_path / "prepared"
     with pytest.raises(DataError, match="sts-test-student.csv"):
-        prepare(str(small_source), out, train_rows={}, seed=0, cache_dir=tmp_path / "c")
+        write_prepared(prepare(str(small_source), train_rows={}, seed=0,
+                               cache_dir=tmp_path / "c"), out)
     assert not out.exists()
 
 
@@ -380,7 +386,7 @@ def test_cap_rows_is_a_seeded_ordered_subset():
 
 def test_prepare_rejects_bad_caps(small_source, tmp_path):
     with pytest.raises(DataError, match="data.train_rows"):
-        prepare(str(small_source), tmp_path / "o", {"mnli": 5}, seed=0, cache_dir=tmp_path / "c")
+        prepare(str(small_source), {"mnli": 5}, seed=0, cache_dir=tmp_path / "c")
 
 
 # --- URL sources --------------------------------------------------------------------------
@@ -421,7 +427,9 @@ def test_url_source_downloads_then_uses_cache(served, small_source, tmp_path, mo
     })
     cache = tmp_path / "raw" / "cs224n"
     out = tmp_path / "prepared"
-    report = prepare(url, out, train_rows={}, seed=0, cache_dir=cache)
+    prepared = prepare(url, train_rows={}, seed=0, cache_dir=cache)
+    write_prepared(prepared, out)
+    report = prepared.report
     assert report["tasks"]["qqp"]["test"]["missing"] is True  # the server answered 404
     assert (cache / "ids-sst-train.csv").read_bytes() == (
         small_source / "ids-sst-train.csv"

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import data
-from pipeline.data import CS224N_SHA256, DataError, fetch_source, prepare, read_task_split
+from pipeline.data import (
+    CS224N_SHA256,
+    DataError,
+    fetch_source,
+    prepare,
+    read_task_split,
+    write_prepared,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SST_HEADER = "\tid\tsentence\tsentiment"
@@ -263,7 +270,8 @@ def test_header_only_dev_split_stops_prepare(small_source, tmp_path):
     path = write_lines(small_source / "sts-dev.csv", ["\tid\tsentence1\tsentence2\tsimilarity"])
     out = tmp_path / "prepared"
     with pytest.raises(DataError) as err:
-        prepare(str(small_source), out, train_rows={}, seed=0, cache_dir=tmp_path / "c")
+        write_prepared(prepare(str(small_source), train_rows={}, seed=0,
+                               cache_dir=tmp_path / "c"), out)
     assert str(err.value) == (
         f"{path}: no rows after the header; a required split needs at least one usable row"
     )

@@ -9,7 +9,6 @@ matrix contributes its keys.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import itertools
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import load_stage
 
 from pipeline.config import load_params
 from pipeline.data import file_name
@@ -138,9 +138,7 @@ def covered(path: str, declared: list[str]) -> bool:
 
 def stage_parser(script: Path):
     """The stage script's argparse parser (every stage script has ``build_parser()``)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_stage(script.stem)
     assert hasattr(module, "build_parser"), (
         f"{script.relative_to(ROOT)}: expose build_parser() so that its command-line paths "
         f"can be checked against dvc.yaml")
@@ -172,6 +170,16 @@ def test_deps_cover_the_code_the_stage_runs(stage):
     missing = sorted(str(m.relative_to(ROOT)) for m in imported_modules(script)
                      if not covered(str(m.relative_to(ROOT)), deps))
     assert not missing, f"dvc.yaml: stage {stage} runs {missing} but has no dep covering them"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_code_dep_the_stage_does_not_run(stage):
+    # An over-declared module re-runs the stage (and all it feeds) whenever it is edited.
+    script, _ = command(stage)
+    runs = {str(m.relative_to(ROOT)) for m in imported_modules(script)}
+    extra = sorted(d for d in entry_paths(STAGES[stage].get("deps"))
+                   if d.endswith(".py") and d not in runs)
+    assert not extra, f"dvc.yaml: stage {stage} depends on {extra}, which it never imports"
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -21,7 +21,7 @@ from pipeline.config import parse_params
 from pipeline.data import prepared_path, read_task_split
 from pipeline.io import write_parquet
 from pipeline.model import MultitaskModel, load_tokenizer, save_member
-from pipeline.train import PCGRAD_STEPS_FILE
+from pipeline.pcgrad import PCGRAD_STEPS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,6 @@ artifacts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import load_stage
 from test_dvc_deps import STAGES, entry_paths, substitute
 from test_train import synthetic_frames
 
@@ -108,10 +108,7 @@ def test_a_card_over_seeds_reports_mean_and_sd():
 
 
 def stage_main(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_stage(name).main
 
 
 def test_train_and_ensemble_stages_write_the_cards(tiny_bert, tmp_path):

@@ -21,6 +21,7 @@ import yaml
 from test_checkpoint import WritesMarker
 from test_train import member_for, synthetic_frames
 
+from pipeline.batching import tokenize_member_data
 from pipeline.checkpoint import STATE_FILE, CheckpointError, save_state
 from pipeline.data import SPLITS, prepared_path
 from pipeline.errors import UserError
@@ -32,8 +33,7 @@ from pipeline.train import (
     LEGACY_CHECKPOINT,
     Trainer,
     TrainingError,
-    run_member,
-    tokenize_member_data,
+    train_member,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_a_file_where_the_checkpoint_dir_should_be_is_an_error(tiny_bert, tmp_pa
     member = member_for(tiny_bert, epochs=1)
     (tmp_path / "ckpt").write_text("not a directory")
     with pytest.raises(UserError, match=r"ckpt: not a directory; the checkpoint directory"):
-        run_member(member, synthetic_frames(12, 2), tmp_path / "out", tmp_path / "ckpt")
+        train_member(member, synthetic_frames(12, 2), tmp_path / "ckpt")
 
 
 def test_a_pickle_checkpoint_is_never_loaded(tiny_bert, tmp_path, caplog):

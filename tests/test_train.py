@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import load_stage
 
-from pipeline.batching import collate
+from pipeline.batching import collate, tokenize_member_data
 from pipeline.config import parse_params
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import (
@@ -23,15 +24,11 @@ from pipeline.model import (
     load_tokenizer,
     save_member,
 )
-from pipeline.train import (
-    PCGRAD_STEPS_FILE,
-    Trainer,
-    plan_epochs,
-    run_member,
-    task_step_loss,
-    tokenize_member_data,
-    warmup_linear_decay,
-)
+from pipeline.objective import task_step_loss
+from pipeline.optim import warmup_linear_decay
+from pipeline.pcgrad import PCGRAD_STEPS_FILE
+from pipeline.schedule import plan_epochs
+from pipeline.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the movie is very good bad great boring fun plot story acting".split()
@@ -198,9 +195,10 @@ def test_task_step_loss_adds_weighted_contrastive_term(tiny_bert):
     torch.testing.assert_close(output, model("qqp", batch.inputs))
 
 
-def test_run_member_writes_outputs(tiny_bert, tmp_path):
+def test_the_train_stage_writes_the_outputs(tiny_bert, tmp_path):
     member = member_for(tiny_bert, epochs=2)
-    metrics = run_member(member, synthetic_frames(12, 5), tmp_path / "out", tmp_path / "ck")
+    metrics = load_stage("train").run(member, synthetic_frames(12, 5), tmp_path / "out",
+                                      tmp_path / "ck")
     out = tmp_path / "out"
     assert {"sst_acc", "qqp_acc", "sts_pearson", "overall", "best_epoch"} <= set(metrics)
     expected_overall = (metrics["sst_acc"] + metrics["qqp_acc"]
@@ -271,6 +269,9 @@ def test_pcgrad_steps_of_the_first_mixed_epoch_land_in_the_live_dir(tiny_bert, t
     data = tokenize_member_data(synthetic_frames(16, 6), member, tokenizer)
     with Live(dir=str(tmp_path / "live"), dvcyaml=None, save_dvc_exp=False) as live:
         result = Trainer(member, data, tokenizer, tmp_path / "ck", live).fit()
+        assert not (tmp_path / "live" / PCGRAD_STEPS_FILE).exists()  # the stage writes it
+        load_stage("train").run(member, synthetic_frames(16, 6), tmp_path / "out",
+                                tmp_path / "ck", live)
     steps = pd.read_csv(tmp_path / "live" / PCGRAD_STEPS_FILE, sep="\t")
     assert list(steps["epoch"]) == [1, 1] and list(steps["step"]) == [1, 2]  # 6 batches / 3
     first = result.history[0]
