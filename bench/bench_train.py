@@ -7,7 +7,10 @@ AdamW, grad clipping). bestfit's is the real trainer (`Trainer.train_epoch`): to
 length-grouped batches, padding to each batch's longest sequence, bf16 autocast. The plain loop
 tokenizes each batch with ``padding="max_length", max_length=128`` and runs in fp32. Each loop
 runs in its own process, so peak memory (max RSS on CPU, max allocated on CUDA) is its own.
-Prints samples/s, real (non-pad) tokens/s and peak memory per loop, and the speed-up.
+Prints samples/s, real (non-pad) tokens/s, the mean real tokens per example, the share of padding
+in the tokens computed on, and peak memory per loop, and the speed-up.
+``bench/bench_hf_trainer.py`` times the same bestfit loop (``run_bestfit``) against Hugging
+Face's ``Trainer``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +55,35 @@ def bench_member(backbone: str, steps: int, batch_size: int, precision: str, dev
 WARMUP = 3
 
 
+class Measurement(NamedTuple):
+    """One loop's timed steps: what it trained on and how long it took."""
+
+    loop: str
+    samples: int
+    tokens: int  # real (non-pad) tokens
+    padded: int  # tokens computed on: batch size × the batch's padded width, summed
+    seconds: float
+    peak_mb: float
+    threads: int  # torch's intra-op threads as the loop ran
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.seconds
+
+    def line(self, ratio: float) -> str:
+        """A row under ``table_header``."""
+        return (f"{self.loop:<30}{self.rate:>11.1f}{self.tokens / self.seconds:>10.0f}"
+                f"{self.tokens / self.samples:>8.1f}{100 * (1 - self.tokens / self.padded):>6.0f}%"
+                f"{self.peak_mb:>9.0f}{ratio:>10.2f}x")
+
+
+def table_header(ratio: str) -> str:
+    """The column heads of ``Measurement.line``, the last one ``ratio``: ``len`` is the timed
+    batches' mean real tokens per example, ``pad`` the share of padding in the tokens computed."""
+    return (f"{'loop':<30}{'samples/s':>11}{'tokens/s':>10}{'len':>8}{'pad':>7}{'peak MB':>9}"
+            f"{ratio:>11}")
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -67,23 +100,26 @@ def run_bestfit(args: argparse.Namespace, precision: str, queue: mp.Queue) -> No
         trainer = Trainer(member, data, tokenizer, Path(tmp))
         order = trainer.plan.tasks[0]
         iterators = trainer._batches(1)
-        sums = {t: [torch.zeros((), device=trainer.device), 0] for t in TASKS}
+        progress = trainer._new_progress(1)
         trainer.model.train()
         lengths = {t: d.lengths() for t, d in trainer.train_sets.items()}
         for step in order[:WARMUP]:
-            trainer._step([step], iterators, sums)
-        samples = tokens = 0
+            trainer._step([step], iterators, progress)
+        samples = tokens = padded = 0
+        sync(trainer.device)
         began = time.perf_counter()
         # Same code path as train_epoch, with the batch sizes and lengths counted on the way.
         for step in order[WARMUP:]:
             index = next(iterators[step])
             iterators_one = {step: iter([index])}
-            trainer._step([step], iterators_one, sums)
+            trainer._step([step], iterators_one, progress)
             samples += len(index)
             tokens += int(lengths[step][index].sum())
+            padded += len(index) * int(lengths[step][index].max())
         sync(trainer.device)
         seconds = time.perf_counter() - began
-    queue.put(("bestfit " + precision, samples, tokens, seconds, peak_memory_mb(trainer.device)))
+    queue.put(Measurement("bestfit " + precision, samples, tokens, padded, seconds,
+                          peak_memory_mb(trainer.device), torch.get_num_threads()))
 
 
 def sync(device: torch.device) -> None:
@@ -102,12 +138,12 @@ def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
     rng = np.random.default_rng(0)
     model.train()
-    samples = tokens = 0
+    samples = tokens = padded = 0
     began = 0.0
     for step in range(args.steps + WARMUP):
         if step == WARMUP:
             sync(device)
-            samples = tokens = 0
+            samples = tokens = padded = 0
             began = time.perf_counter()
         task = TASKS[step % len(TASKS)]
         frame = frames[task]["train"]
@@ -126,9 +162,11 @@ def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
         optimizer.step()
         samples += len(rows)
         tokens += int(enc["attention_mask"].sum())
+        padded += enc["attention_mask"].numel()
     sync(device)
     seconds = time.perf_counter() - began
-    queue.put(("plain fp32, pad 128", samples, tokens, seconds, peak_memory_mb(device)))
+    queue.put(Measurement("plain fp32, pad 128", samples, tokens, padded, seconds,
+                          peak_memory_mb(device), torch.get_num_threads()))
 
 
 def main() -> None:
@@ -158,11 +196,9 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"backbone={args.backbone} device={device} threads={args.threads} "
           f"batch={args.batch_size} steps={args.steps} (SST/QQP/STS round robin, real data)")
-    print(f"{'loop':<22}{'samples/s':>11}{'tokens/s':>11}{'peak MB':>10}{'speed-up':>10}")
-    base = results[0][1] / results[0][3]
-    for name, samples, tokens, seconds, peak in results:
-        rate = samples / seconds
-        print(f"{name:<22}{rate:>11.1f}{tokens / seconds:>11.0f}{peak:>10.0f}{rate / base:>9.2f}x")
+    print(table_header("speed-up"))
+    for result in results:
+        print(result.line(result.rate / results[0].rate))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ class TokenizedTask:
     def lengths(self) -> np.ndarray:
         return np.array([sum(len(seq[i]) for seq in self.sequences) for i in range(len(self))])
 
+    def rows(self, start: int, stop: int) -> TokenizedTask:
+        """Examples ``start`` to ``stop`` (a data-parallel rank's part of an evaluation)."""
+        return TokenizedTask(
+            self.task, self.ids[start:stop], [seq[start:stop] for seq in self.sequences],
+            [types[start:stop] for types in self.token_types],
+            None if self.labels is None else self.labels[start:stop],
+            None if self.singles is None else [seq[start:stop] for seq in self.singles])
+
 
 def tokenize_task(task: TaskSpec | str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
                   max_length: int, pair_encoding: str, with_singles: bool = False

@@ -109,8 +109,9 @@ def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str,
 
 def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
     """Identifies a run: a checkpoint is resumed only by a run with the same config and data
-    (how often it checkpoints is not part of it)."""
-    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None)
+    (how often it checkpoints and on how many processes are not part of it)."""
+    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None,
+                                processes=1)
     config = dataclasses.asdict(dataclasses.replace(member, train=train))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for task, splits in sorted(data.splits.items()):

@@ -145,9 +145,20 @@ class TrainConfig:
     schedule: Literal["round_robin", "random", "annealed", "custom"] = "custom"
     custom: CustomScheduleConfig = field(default_factory=CustomScheduleConfig)
     length_grouping: bool = True
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # bf16 autocast; fp16 autocast with a dynamic loss scale (GPUs without fast bf16: T4, V100);
+    # fp32 as is.
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # Micro-batches per step: a batch_size batch in grad_accum forward/backward passes (the same
+    # update, in less activation memory).
+    grad_accum: Positive = 1
+    # torch.compile the encoder (dynamic shapes: every batch is padded to its own length).
+    compile: bool = False
     device: Device = "auto"  # auto: cuda when available, else cpu
-    num_threads: Positive | None = None  # torch CPU threads; null: torch's default
+    num_threads: Positive | None = None  # torch CPU threads (per process); null: torch's default
+    # Data-parallel processes for a member (torchrun's --nproc_per_node, one per GPU): the train
+    # stage launches them itself; under a torchrun of your own (several nodes) its world is
+    # used as it is. batch_size stays the global batch, split over the processes.
+    processes: Positive = 1
     select_by: str = "overall"  # overall or a task's metric name (sst_acc, qqp_acc, sts_pearson)
     # A resumable checkpoint (model, optimiser, data position, RNG states) every this many steps
     # and/or minutes, and at every epoch's end; null turns that trigger off.
@@ -199,7 +210,7 @@ class EdaConfig:
 
 @dataclass(frozen=True)
 class ReviewsConfig:
-    source: str = "data/raw/amazon"  # a .jsonl / .jsonl.gz file, or a directory of them
+    source: str = "data/reviews"  # a .jsonl / .jsonl.gz file, or a directory of them
     encoder: str = "minilm"
     # Reviews kept for SST's most frequent label; the other labels get a share in proportion to
     # their SST counts (match_label_counts), or per_label each (false: the paper's).

@@ -30,6 +30,7 @@ import csv
 import hashlib
 import http.client
 import io
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.tasks import TaskSpec, default_tasks, task_spec
 
 SPLITS = ("train", "dev", "test")
+
+log = logging.getLogger("bestfit.data")
 
 
 @dataclass(frozen=True)
@@ -877,7 +880,8 @@ def write_prepared(prepared: Prepared, out_dir: Path) -> None:
 def member_frames(member: MemberConfig, prepared_dir: Path, augmented_dir: Path,
                   augment_task: str = "sst") -> dict[str, dict[str, pd.DataFrame]]:
     """A member's prepared tables per task and split; ``augment_task``'s training set gains the
-    augmented rows the member opts into (``models.<member>.augment``)."""
+    augmented rows the member opts into (``models.<member>.augment``). A table with no rows (no
+    review source, LLM labelling off) adds none, with a notice."""
     frames = {task: {split: load_prepared(prepared_dir, member.specs[task], split)
                      for split in SPLITS} for task in member.tasks}
     if member.augment:
@@ -887,7 +891,11 @@ def member_frames(member: MemberConfig, prepared_dir: Path, augmented_dir: Path,
             if not path.is_file():
                 raise DataError(f"{path}: not found; member {member.name!r} asks for augment "
                                 f"source {source!r}; run its stage first (dvc repro)")
-            extra.append(pd.read_parquet(path, columns=["id", "sentence", "label"]))
+            rows = pd.read_parquet(path, columns=["id", "sentence", "label"])
+            if rows.empty:
+                log.warning("%s has no rows: member %r trains without augment source %r (the "
+                            "note in its stage's report says why)", path, member.name, source)
+            extra.append(rows)
         base = frames[augment_task]["train"]
         frames[augment_task]["train"] = pd.concat([base[["id", "sentence", "label"]], *extra],
                                                   ignore_index=True)

@@ -26,10 +26,12 @@ def build_optimizer(model: torch.nn.Module, member: MemberConfig) -> torch.optim
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     cfg = member.train
+    on_gpu = all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=tuple(cfg.betas),
+        fused=True if on_gpu else None,  # one kernel for all parameters on CUDA
     )
 
 

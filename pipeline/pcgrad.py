@@ -11,13 +11,15 @@ parameters (encoder, pooler) are projected: each head receives its own task's gr
 
 Memory. ``accumulate(task, loss)`` runs that task's backward at once (its activations are freed
 before the next task's forward; no retained graph, no model copy) and moves the shared
-parameters' grads into one flat fp32 buffer per task. ``combine`` never materialises a g_i^PC:
-every g_i^PC is a linear combination g_i − Σ_j c_ij g_j of the original gradients, and the
-coefficients follow from the K×K Gram matrix G_ij = g_i·g_j alone, since
-g_i^PC · g_j = G_ij − Σ_k c_ik G_kj and ‖g_i^PC‖² is a quadratic form in G. The sum
-Σ_i g_i^PC = Σ_j (1 − Σ_i c_ij) g_j is written straight into the parameters' ``.grad``.
-Extra memory: K flat buffers over the shared parameters, nothing else of that size. The K×K
-scalar work runs on the host in float64 (one device synchronisation per step).
+parameters' grads into one flat fp32 buffer per task (rows of one tensor, which data parallelism
+sums over the ranks in one all-reduce, ``reduce``, before the projection runs on every rank).
+``combine`` never materialises a g_i^PC: every g_i^PC is a linear combination
+g_i − Σ_j c_ij g_j of the original gradients, and the coefficients follow from the K×K Gram
+matrix G_ij = g_i·g_j alone, since g_i^PC · g_j = G_ij − Σ_k c_ik G_kj and ‖g_i^PC‖² is a
+quadratic form in G. The sum Σ_i g_i^PC = Σ_j (1 − Σ_i c_ij) g_j is written straight into
+the parameters' ``.grad``. Extra memory: K flat buffers over the shared parameters, nothing
+else of that size. The K×K scalar work runs on the host in float64 (one device synchronisation
+per step).
 
 Statistics (the paper's Figure 4): for every ordered pair i→j, whether g_i was projected onto
 g_j's normal plane (``projections/<i>_to_<j>``; ``->`` would not survive as a DVCLive file name
@@ -35,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
+
+from pipeline.distributed import World, all_reduce_sum
 
 PCGRAD_STEPS_FILE = "pcgrad_steps.tsv"  # step_table()'s file in a member's DVCLive dir (Figure 4)
 
@@ -77,6 +81,11 @@ class PCGrad:
         self._dtype = torch.float32
         for p in self.shared:  # fp32, or fp64 for a fp64 model
             self._dtype = torch.promote_types(self._dtype, p.dtype)
+        # The per-task buffers are rows of one flat tensor (one all-reduce under data
+        # parallelism), followed by one "touched" flag per shared parameter; a row is added on
+        # a task's first loss.
+        self._flat = torch.empty(0, dtype=self._dtype)
+        self._rows: list[str] = []
         self._buffers: dict[str, Tensor] = {}
         self._step_tasks: list[str] = []
         self._touched = [False] * len(self.shared)
@@ -89,15 +98,22 @@ class PCGrad:
 
     def _buffer(self, task: str) -> Tensor:
         if task not in self._buffers:
-            device = self.shared[0].device
-            self._buffers[task] = torch.empty(sum(self._sizes), dtype=self._dtype, device=device)
+            numel, device = sum(self._sizes), self.shared[0].device
+            flat = torch.empty((len(self._rows) + 1) * numel + len(self.shared),
+                               dtype=self._dtype, device=device)
+            flat[:len(self._rows) * numel] = self._flat[:len(self._rows) * numel]
+            self._flat = flat
+            self._rows.append(task)
+            self._buffers = {t: flat[k * numel:(k + 1) * numel] for k, t in enumerate(self._rows)}
         return self._buffers[task]
 
-    def accumulate(self, task: str, loss: Tensor) -> None:
-        """Backward of one task's loss; move its shared-parameter grads into its buffer."""
+    def accumulate(self, task: str, loss: Tensor | None) -> None:
+        """Backward of one task's loss; move its shared-parameter grads into its buffer.
+        ``None``: this rank has no example of the task this step (its buffer counts zeros)."""
         if task not in self.tasks:
             raise ValueError(f"PCGrad: unknown task {task!r}; expected one of {self.tasks}")
-        loss.backward()
+        if loss is not None:
+            loss.backward()
         buffer = self._buffer(task)
         first = task not in self._step_tasks
         if first:
@@ -116,6 +132,21 @@ class PCGrad:
             else:
                 part.add_(p.grad.reshape(-1))
             p.grad = None
+
+    def reduce(self, world: World) -> None:
+        """Sum this step's per-task gradients (and which parameters they touched) over the
+        data-parallel ranks in one all-reduce, before ``combine`` projects them on every rank
+        alike (the task orders come from a generator every rank seeds the same)."""
+        if not world.distributed:
+            return
+        numel = sum(self._sizes)
+        for k, task in enumerate(self._rows):
+            if task not in self._step_tasks:  # another step's: sum zeros, not stale values
+                self._flat[k * numel:(k + 1) * numel].zero_()
+        flags = self._flat[len(self._rows) * numel:]
+        flags.copy_(torch.tensor([float(t) for t in self._touched]))
+        all_reduce_sum(self._flat, world)
+        self._touched = (flags > 0).tolist()
 
     def combine(self) -> None:
         """Write Σ_i g_i^PC into the shared parameters' ``.grad`` and record the statistics."""
@@ -155,8 +186,8 @@ class PCGrad:
         self._touched = [False] * len(self.shared)
 
     def buffer_bytes(self) -> int:
-        """Memory held by the per-task gradient buffers (allocated on a task's first loss)."""
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+        """Memory held by the per-task gradient buffers (a row added on a task's first loss)."""
+        return len(self._rows) * sum(self._sizes) * self._flat.element_size()
 
     def _pairs(self) -> list[tuple[int, int, str]]:
         return [(a, b, f"{i}_to_{j}") for a, i in enumerate(self.tasks)

@@ -142,6 +142,13 @@ def _projected_step(deltas: list[Tensor], grads: list[Tensor], cfg: SmartConfig)
 ASCENT_STEPS = {"normalize": _normalized_step, "project": _projected_step}
 
 
+def initial_noise(embeds: Tensor, generator: torch.Generator | None) -> Tensor:
+    """z ~ N(0, I) shaped as ``embeds``, from ``generator`` (torch's global RNG when None)."""
+    device = generator.device if generator is not None else embeds.device
+    return torch.randn(embeds.shape, generator=generator, dtype=embeds.dtype,
+                       device=device).to(embeds.device)
+
+
 def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Tensor],
                       masks: list[Tensor], task: TaskSpec | str, cfg: SmartConfig, model: nn.Module,
                       generator: torch.Generator | None = None,
@@ -173,12 +180,7 @@ def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Te
         else:
             with torch.no_grad():
                 clean = forward(fixed)
-        deltas = [
-            torch.randn(e.shape, generator=generator, dtype=e.dtype,
-                        device=generator.device if generator is not None else e.device
-                        ).to(e.device) * std * k
-            for e, k in zip(embeds, keep, strict=True)
-        ]
+        deltas = [initial_noise(e, generator) * std * k for e, k in zip(embeds, keep, strict=True)]
         for _ in range(cfg.steps):
             deltas = [d.requires_grad_() for d in deltas]
             ascent = smoothness_loss(task, forward(_add(fixed, deltas)), clean.detach())

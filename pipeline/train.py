@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from pipeline.batching import TaskData, collate, epoch_batches, tokenize_member_data
 from pipeline.checkpoint import CheckpointError, config_fingerprint, load_state, save_state
 from pipeline.config import MemberConfig
-from pipeline.device import autocast, resolve_device
+from pipeline.device import autocast, grad_scaler, resolve_device
+from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
 from pipeline.errors import UserError
 from pipeline.evaluate import outputs_to_frame, predict, score_predictions, task_metric
 from pipeline.io import atomic_path, write_json, write_parquet
@@ -42,13 +43,14 @@ from pipeline.model import MultitaskModel, load_member_weights, load_tokenizer, 
 from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.pcgrad import PCGrad
-from pipeline.schedule import plan_epochs
+from pipeline.schedule import EpochPlan, plan_epochs
 
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
 BEST_STAMP = "run.json"  # in best/: the fingerprint and epoch of the run that wrote it
 CHECKPOINT_FORMAT = 1
+RANK_SEED_STRIDE = 1_000_003  # rank r's dropout seed: one process's + r·this (a prime)
 PROGRESS_SECONDS = 30
 
 log = logging.getLogger("bestfit.train")
@@ -102,13 +104,58 @@ class EpochProgress:
         return cls(state["epoch"], state["steps_done"], loss_sums, outputs, state["seconds"])
 
 
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+class RunClock:
+    """The ETA of the whole run: the steps left at this process's seconds per training step,
+    plus the dev evaluations left at their mean so far."""
+
+    def __init__(self, plan: EpochPlan, start_epoch: int, steps_done: int):
+        self.plan = plan
+        self.epochs_left = len(plan.tasks) - start_epoch
+        self.steps_left = sum(len(t) for t in plan.tasks[start_epoch:]) - steps_done
+        self.train_seconds = self.eval_seconds = 0.0
+        self.steps = self.evals = 0
+        self._steps_done = steps_done
+
+    def trained(self, epoch: int, seconds: float) -> None:
+        steps = len(self.plan.tasks[epoch - 1]) - self._steps_done
+        self._steps_done = 0
+        self.steps += steps
+        self.steps_left -= steps
+        self.train_seconds += seconds
+
+    def evaluated(self, seconds: float) -> None:
+        self.evals += 1
+        self.epochs_left -= 1
+        self.eval_seconds += seconds
+
+    def eta(self) -> float:
+        per_step = self.train_seconds / max(1, self.steps)
+        per_eval = self.eval_seconds / max(1, self.evals)
+        return self.steps_left * per_step + self.epochs_left * per_eval
+
+    def summary(self) -> str:
+        took = self.train_seconds + self.eval_seconds
+        return (f"{duration(took)} so far (dev eval {duration(self.eval_seconds)})"
+                + (f", ETA {duration(self.eta())}" if self.epochs_left else ", done"))
+
+
 class Trainer:
     """Trains one member; ``fit`` resumes from ``checkpoint_dir`` when a checkpoint of the same
     run is there (at an epoch's end or within one)."""
 
     def __init__(self, member: MemberConfig, data: TaskData, tokenizer, checkpoint_dir: Path,
-                 live=None, model: MultitaskModel | None = None):
+                 live=None, model: MultitaskModel | None = None, world: World = SINGLE):
         self.member = member
+        self.world = world
         self.cfg = member.train
         self.data = data
         self.tokenizer = tokenizer
@@ -119,20 +166,27 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_DIR
         self.legacy_checkpoint = Path(checkpoint_dir) / LEGACY_CHECKPOINT
         self.live = live
-        self.device = resolve_device(self.cfg.device)
-        torch.manual_seed(self.cfg.seed)
+        self.device = resolve_device(self.cfg.device, world.local_rank)
+        torch.manual_seed(self.cfg.seed)  # the same initial heads on every rank
         model = model or MultitaskModel(member.model, [member.specs[t] for t in member.tasks])
         self.model = model.to(self.device)
+        if self.cfg.compile:  # in place: parameter names (checkpoints, saved members) unchanged
+            self.model.backbone.compile(dynamic=True)
         self.optimizer = build_optimizer(self.model, member)
+        self.scaler = grad_scaler(self.device, self.cfg.precision)
         self.train_sets = data.split("train")
         self.plan = plan_epochs(member, self.train_sets)
         self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps,
                                          self.cfg.warmup_ratio)
         self.pcgrad = None
         self.pcgrad_generator = torch.Generator()
+        params = list(self.model.parameters())
         if member.pcgrad.enabled:
             self.pcgrad = PCGrad(self.model.shared_parameters(), member.tasks,
                                  self.pcgrad_generator)
+            shared = {id(q) for q in self.model.shared_parameters()}
+            params = [q for q in params if id(q) not in shared]  # the heads: PCGrad.reduce
+        self.sync_gradients = GradientSync(params, world)
         self.fingerprint = config_fingerprint(member, data)
         self.result = TrainResult(best_metrics={}, best_epoch=0)
         self._last_checkpoint = (0, time.monotonic())  # (global step, time) of the last one
@@ -145,28 +199,58 @@ class Trainer:
         return state
 
     def _save_checkpoint(self, epoch: int, progress: EpochProgress | None = None) -> None:
-        """``epoch``: epochs complete; ``progress``: the next one's, when saved within it."""
+        """``epoch``: epochs complete; ``progress``: the next one's, when saved within it.
+        Collective under data parallelism (every rank's progress is gathered); rank 0 writes."""
+        in_epoch = self._global_progress(progress).to_state() if progress else None
+        if self.world.is_main:
+            self._write_checkpoint(epoch, in_epoch)
+        self.world.barrier()
+        self._last_checkpoint = (self.scheduler.last_epoch, time.monotonic())
+
+    def _write_checkpoint(self, epoch: int, in_epoch: dict | None) -> None:
         save_state({
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
             "epoch": epoch,
-            "in_epoch": progress.to_state() if progress else None,
+            "in_epoch": in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": self._rng_state(),
             "pcgrad": self.pcgrad.state_dict() if self.pcgrad else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "result": dataclasses.asdict(self.result),
         }, self.checkpoint_path)
         self.legacy_checkpoint.unlink(missing_ok=True)
-        self._last_checkpoint = (self.scheduler.last_epoch, time.monotonic())
+
+    def _global_progress(self, progress: EpochProgress) -> EpochProgress:
+        """The epoch's progress over all ranks: loss sums summed, training outputs gathered
+        (what one process would hold; a resumed run of any size starts from it on rank 0)."""
+        if not self.world.distributed:
+            return progress
+        sums = {}
+        for task, (total, count) in progress.loss_sums.items():
+            sums[task] = [all_reduce_sum(total.clone(), self.world), count]
+        local = {task: [(out.cpu(), index) for out, index in batches]
+                 for task, batches in progress.outputs.items()}
+        outputs = {task: [] for task in progress.outputs}
+        for part in gather(local, self.world):
+            for task, batches in part.items():
+                outputs[task].extend((out.to(self.device), index) for out, index in batches)
+        return EpochProgress(progress.epoch, progress.steps_done, sums, outputs,
+                             progress.seconds)
 
     def _checkpoint_due(self) -> bool:
         steps, since = self._last_checkpoint
         every_steps, every_minutes = self.cfg.checkpoint_steps, self.cfg.checkpoint_minutes
-        return ((every_steps is not None and self.scheduler.last_epoch - steps >= every_steps)
-                or (every_minutes is not None
-                    and time.monotonic() - since >= 60 * every_minutes))
+        due = ((every_steps is not None and self.scheduler.last_epoch - steps >= every_steps)
+               or (every_minutes is not None
+                   and time.monotonic() - since >= 60 * every_minutes))
+        if self.world.distributed and every_minutes is not None:
+            # Clocks differ between ranks: a checkpoint is collective, so all decide together.
+            flag = torch.tensor([float(due)], device=self.device)
+            due = bool(all_reduce_sum(flag, self.world).item() > 0)
+        return due
 
     def _best_stamp(self) -> dict | None:
         try:
@@ -205,13 +289,15 @@ class Trainer:
             if self.best_dir.exists():  # not this run's: never ship it
                 log.warning("%s: a best snapshot without its run's checkpoint; removed, "
                             "training from the start", self.best_dir)
-                shutil.rmtree(self.best_dir)
+                if self.world.is_main:
+                    shutil.rmtree(self.best_dir)
             return 0, None
         state = load_state(self.checkpoint_path, self.device)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning("%s: a checkpoint of another config or data; training from the start",
                         self.checkpoint_path)
-            shutil.rmtree(self.best_dir, ignore_errors=True)
+            if self.world.is_main:
+                shutil.rmtree(self.best_dir, ignore_errors=True)
             return 0, None
         try:
             self._check_resumable(state)
@@ -221,6 +307,8 @@ class Trainer:
             self.result = TrainResult(**state["result"])
             if self.pcgrad:
                 self.pcgrad.load_state_dict(state["pcgrad"])
+            if self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
@@ -231,10 +319,15 @@ class Trainer:
         if state["in_epoch"] is not None:
             progress = EpochProgress.from_state(state["in_epoch"], list(self.train_sets),
                                                 self.device)
-            # The RNG states of the moment it was saved: dropout and SMART's noise replay.
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            if "cuda" in state["rng"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+            if self.world.is_main:
+                # The RNG states of the moment it was saved: dropout and SMART's noise replay
+                # (bitwise in one process; rank 0's state under data parallelism).
+                torch.set_rng_state(state["rng"]["torch"].cpu())
+                if "cuda" in state["rng"] and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+            else:  # the saved progress is every rank's: held once, by rank 0
+                progress = self._new_progress(progress.epoch, progress.steps_done)
+                torch.manual_seed(self._rank_seed(progress.epoch) + progress.steps_done)
         log.info("%s: resuming after epoch %d%s", self.checkpoint_path, state["epoch"],
                  f", step {progress.steps_done}" if progress else "")
         return state["epoch"], progress
@@ -251,25 +344,50 @@ class Trainer:
                 (self.cfg.seed, epoch, k), self.cfg.length_grouping)
         return iterators
 
+    def _rank_seed(self, epoch: int) -> int:
+        """Dropout's seed for ``epoch``: rank 0's is one process's, the others' differ."""
+        return self.cfg.seed * 1000 + epoch + RANK_SEED_STRIDE * self.world.rank
+
+    def _new_progress(self, epoch: int, steps_done: int = 0) -> EpochProgress:
+        zero = torch.zeros((), device=self.device)
+        return EpochProgress(epoch, steps_done,
+                             loss_sums={t: [zero.clone(), 0] for t in self.train_sets},
+                             outputs={t: [] for t in self.train_sets})
+
     def _step(self, step_tasks: list[str], iterators: dict, progress: EpochProgress) -> None:
+        """One optimiser step: per task one batch of ``batch_size``, this rank's share of it
+        (``pipeline.distributed``) in ``grad_accum`` micro-batches. A part of n examples of a
+        batch of B weighs its mean loss by n/B, so the summed gradients are the batch mean's."""
         self.optimizer.zero_grad(set_to_none=True)
         for task in step_tasks:
-            index = next(iterators[task])
-            batch = collate(self.train_sets[task], index, self.pad_id).to(self.device)
-            with autocast(self.device, self.cfg.precision):
-                loss, output = task_step_loss(self.model, batch, self.member)
-            progress.outputs[task].append((output.detach().float(), index))
-            if self.pcgrad:
-                self.pcgrad.accumulate(task, loss)
-            else:
-                loss.backward()
-            progress.loss_sums[task][0] += loss.detach().float()
+            batch_index = next(iterators[task])
+            index = shard(batch_index, self.world)
             progress.loss_sums[task][1] += 1
+            parts = [part for part in np.array_split(index, self.cfg.grad_accum) if len(part)]
+            if not parts and self.pcgrad:  # fewer examples than ranks: zero gradients here
+                self.pcgrad.accumulate(task, None)
+            for part in parts:
+                batch = collate(self.train_sets[task], part, self.pad_id).to(self.device)
+                with autocast(self.device, self.cfg.precision):
+                    loss, output = task_step_loss(self.model, batch, self.member)
+                if len(part) != len(batch_index):
+                    loss = loss * (len(part) / len(batch_index))
+                progress.outputs[task].append((output.detach().float(), part))
+                if self.pcgrad:
+                    self.pcgrad.accumulate(task, self.scaler.scale(loss))
+                else:
+                    self.scaler.scale(loss).backward()
+                progress.loss_sums[task][0] += loss.detach().float()
+        if self.pcgrad:
+            self.pcgrad.reduce(self.world)
+        self.sync_gradients()
         if self.pcgrad:
             self.pcgrad.combine()
+        self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when an fp16 gradient overflowed
+        self.scaler.update()
         self.scheduler.step()
 
     def train_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict[str, float]:
@@ -277,13 +395,11 @@ class Trainer:
         self.model.train()
         began = time.perf_counter()
         if progress is None:
-            # Dropout and PCGrad's task order replay exactly when a run resumes at this epoch.
-            torch.manual_seed(self.cfg.seed * 1000 + epoch)
+            # Dropout and PCGrad's task order replay exactly when a run resumes at this epoch;
+            # PCGrad's orders are the same on every rank.
+            torch.manual_seed(self._rank_seed(epoch))
             self.pcgrad_generator.manual_seed(self.cfg.seed * 1000 + epoch)
-            zero = torch.zeros((), device=self.device)
-            progress = EpochProgress(epoch, loss_sums={t: [zero.clone(), 0] for t in
-                                                       self.train_sets},
-                                     outputs={t: [] for t in self.train_sets})
+            progress = self._new_progress(epoch)
         iterators = self._batches(epoch)
         steps = self.plan.tasks[epoch - 1]
         for step in steps[:progress.steps_done]:  # the batches the resumed run already took
@@ -291,7 +407,8 @@ class Trainer:
                 next(iterators[task])
         for step in tqdm(steps[progress.steps_done:], initial=progress.steps_done,
                          total=len(steps), unit="step", mininterval=PROGRESS_SECONDS,
-                         desc=f"{self.member.name} epoch {epoch}/{self.cfg.epochs}"):
+                         desc=f"{self.member.name} epoch {epoch}/{self.cfg.epochs}",
+                         disable=not self.world.is_main):
             self._step(step.split(","), iterators, progress)
             progress.steps_done += 1
             if progress.steps_done < len(steps) and self._checkpoint_due():
@@ -299,6 +416,7 @@ class Trainer:
                 began = time.perf_counter()
                 self._save_checkpoint(epoch - 1, progress)
         self.result.train_seconds += progress.seconds + time.perf_counter() - began
+        progress = self._global_progress(progress)
         # The epoch's only host synchronisations (bar PCGrad's 3×3 Gram matrix per step).
         losses = {f"train_loss/{task}": float(total) / count
                   for task, (total, count) in progress.loss_sums.items() if count}
@@ -323,9 +441,18 @@ class Trainer:
         return metrics
 
     def evaluate(self, split: str) -> tuple[dict[str, pd.DataFrame], dict[str, float] | None]:
+        """Predictions for every example of ``split`` (each rank predicts its contiguous part,
+        gathered in rank order: the split's own order) and, when labelled, the scores."""
         sets = self.data.split(split)
-        frames = {task: predict(self.model, data, self.cfg.eval_batch_size, self.device,
-                                self.cfg.precision, self.pad_id) for task, data in sets.items()}
+        frames = {}
+        for task, data in sets.items():
+            rows = shard(np.arange(len(data)), self.world)
+            part = (data.rows(int(rows[0]), int(rows[-1]) + 1) if len(rows) else data.rows(0, 0)
+                    ) if self.world.distributed else data
+            frame = predict(self.model, part, self.cfg.eval_batch_size, self.device,
+                            self.cfg.precision, self.pad_id)
+            frames[task] = (pd.concat(gather(frame, self.world), ignore_index=True)
+                            if self.world.distributed else frame)
         labelled = {task: data.labels for task, data in sets.items() if data.labels is not None}
         if len(labelled) != len(sets):
             return frames, None
@@ -333,15 +460,20 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         start_epoch, progress = self._load_checkpoint()
+        self.world.barrier()  # rank 0 may have removed a stale best/ meanwhile
         result = self.result
+        clock = RunClock(self.plan, start_epoch, progress.steps_done if progress else 0)
         for past in result.history:
             self._log(past)
         select = self.cfg.select_by
         for epoch in range(start_epoch + 1, self.cfg.epochs + 1):
+            began = time.perf_counter()
             losses = self.train_epoch(epoch, progress)
             progress = None
+            clock.trained(epoch, time.perf_counter() - began)
             began = time.perf_counter()
             dev_predictions, metrics = self.evaluate("dev")
+            clock.evaluated(time.perf_counter() - began)
             result.train_seconds += time.perf_counter() - began
             bad = non_finite(metrics)
             if bad:
@@ -359,11 +491,16 @@ class Trainer:
             result.history.append(record)
             self._log(record)
             score = metrics.get(select, metrics["overall"])
-            if not result.best_metrics or score > result.best_metrics.get(
-                    select, result.best_metrics["overall"]):
+            best = not result.best_metrics or score > result.best_metrics.get(
+                select, result.best_metrics["overall"])
+            if best:
                 result.best_metrics, result.best_epoch = metrics, epoch
                 self._save_best(dev_predictions, epoch)
             self._save_checkpoint(epoch)
+            if self.world.is_main:  # what a user waits for, as it comes
+                tqdm.write(f"{self.member.name} epoch {epoch}/{self.cfg.epochs}: dev "
+                           + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                           + (" (best)" if best else "") + f" · {clock.summary()}")
         if self._best_stamp() != {"fingerprint": self.fingerprint, "epoch": result.best_epoch}:
             raise CheckpointError(f"{self.best_dir}: not this run's best snapshot (epoch "
                                   f"{result.best_epoch}); delete {self.best_dir.parent} and "
@@ -372,12 +509,14 @@ class Trainer:
 
     def _save_best(self, dev_predictions: dict[str, pd.DataFrame], epoch: int) -> None:
         """Snapshot the model with its dev predictions, so they need not be computed again,
-        stamped with this run's fingerprint and the epoch."""
-        with atomic_path(self.best_dir) as tmp:
-            save_member(self.model, self.member, self.tokenizer, tmp / "model")
-            for task, frame in dev_predictions.items():
-                write_parquet(frame, tmp / "predictions" / f"{task}_dev.parquet")
-            write_json({"fingerprint": self.fingerprint, "epoch": epoch}, tmp / BEST_STAMP)
+        stamped with this run's fingerprint and the epoch (rank 0 writes, the others wait)."""
+        if self.world.is_main:
+            with atomic_path(self.best_dir) as tmp:
+                save_member(self.model, self.member, self.tokenizer, tmp / "model")
+                for task, frame in dev_predictions.items():
+                    write_parquet(frame, tmp / "predictions" / f"{task}_dev.parquet")
+                write_json({"fingerprint": self.fingerprint, "epoch": epoch}, tmp / BEST_STAMP)
+        self.world.barrier()
 
     def _log(self, record: dict[str, float]) -> None:
         if self.live is None:
@@ -403,10 +542,10 @@ class TrainedMember:
 
 
 def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
-                 checkpoint_dir: Path, live=None) -> TrainedMember:
+                 checkpoint_dir: Path, live=None, world: World = SINGLE) -> TrainedMember:
     """Train ``member`` on ``frames`` (task → split → table), resuming from ``checkpoint_dir``
     when it holds this run's checkpoint; writes nothing but the checkpoints and the best
-    snapshot there."""
+    snapshot there. Under data parallelism every rank calls it and gets the same result."""
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
         raise UserError(f"{checkpoint_dir}: not a directory; the checkpoint directory must be "
                         f"one (move the file away)")
@@ -416,7 +555,7 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
     began = time.perf_counter()
     data = tokenize_member_data(frames, member, tokenizer)
     tokenize_seconds = time.perf_counter() - began
-    trainer = Trainer(member, data, tokenizer, checkpoint_dir, live)
+    trainer = Trainer(member, data, tokenizer, checkpoint_dir, live, world=world)
     result = trainer.fit()
     load_member_weights(trainer.model, trainer.best_dir / "model")
     metrics = {

@@ -7,8 +7,10 @@ similarity, with SST's length and label distribution.
 Reads the review file or directory `--source` (dvc.yaml passes `augment.reviews.source`). A file
 damaged partway (e.g. a truncated .gz) gives every line before the damage, with a warning on
 stderr; a source that is missing, holds a file that does not open as what its name says, or gives
-no usable review stops the stage (one line on stderr, exit 2) before anything is written. Writes
-to `--out`:
+no usable review stops the stage (one line on stderr, exit 2) before anything is written. A
+directory with no review file and nothing but notes (a README; the default `data/reviews`) is no
+review source: the outputs are written with no rows and the report's `note` says nothing was
+mined. Writes to `--out`:
 `amazon.parquet` (SST columns + source, source_id, method = `augment.reviews.selection`,
 score = cosine similarity (null for `selection: random`), asin, reviewer, file, line,
 star_label), `reviews_report.json` (the selection, lines read, read errors, malformed lines by
@@ -26,8 +28,10 @@ import time
 from pathlib import Path
 
 from pipeline.augment.reviews import (
+    MinedReviews,
     cache_dir_for,
     mine_reviews,
+    no_reviews,
     review_files,
     sentence_encoder,
 )
@@ -49,12 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_outputs(mined: MinedReviews, out: Path) -> None:
+    write_parquet(mined.table, out / "amazon.parquet")
+    write_json(mined.report, out / "reviews_report.json")
+    with atomic_path(out / "review_map.csv") as tmp:
+        mined.review_map.to_csv(tmp, index=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     cfg = params.augment.reviews
     sst = load_prepared(args.prepared, params.tasks[params.augment.task], "train")
     paths = review_files(args.source)
+    if cfg.cache_dir is not None:
+        # A declared (persistent) DVC out: it must exist even when nothing is embedded
+        # (`selection: random`, no review source), or DVC fails the stage.
+        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
+    if not paths:
+        mined = no_reviews(args.source, cfg.selection)
+        write_outputs(mined, args.out)
+        print(f"filter_reviews: {mined.report['note']}; wrote {args.out}/")
+        return
 
     started = time.perf_counter()
     # `selection: random` embeds nothing: no encoder is loaded.
@@ -62,17 +82,10 @@ def main(argv: list[str] | None = None) -> None:
                                progress=not args.no_progress)
               if cfg.selection == "centroid" else None)
     cache = cache_dir_for(cfg.cache_dir, cfg.encoder) if cfg.cache_dir is not None else None
-    if cfg.cache_dir is not None:
-        # A declared (persistent) DVC out: it must exist even when `selection: random` embeds
-        # nothing, or DVC fails the stage.
-        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
     mined = mine_reviews(sst, paths, cfg, encode, cache, progress=not args.no_progress)
     seconds = time.perf_counter() - started
 
-    write_parquet(mined.table, args.out / "amazon.parquet")
-    write_json(mined.report, args.out / "reviews_report.json")
-    with atomic_path(args.out / "review_map.csv") as tmp:
-        mined.review_map.to_csv(tmp, index=False)
+    write_outputs(mined, args.out)
     r = mined.report
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     damaged = (f" ({len(r['read_errors'])} of {len(r['files'])} files cut short by a read "

@@ -9,8 +9,10 @@ Reads `augment.llm`; labels a seeded sample of `max_reviews` reviews (the paper:
 the kept reviews as extra SST training rows (source `llm`), a report (counts, agreement with the
 star-derived labels) and one `actual,predicted` row per labeled review for DVC's confusion plot.
 Labels are appended to `<augment.llm.cache_dir>/labels.jsonl` as they are produced, so a killed
-run resumes where it stopped. With `augment.llm.enabled: false` the table is empty (right
-schema) and the report says so: the DAG still runs without a GPU.
+run resumes where it stopped. With `augment.llm.enabled: false`, or no review to label (no
+review source: `--reviews` has no rows), the table and the confusion rows are empty (right
+schema), no model is loaded and the report's `note` says why: the DAG still runs without a GPU or
+reviews.
 """
 
 from __future__ import annotations
@@ -51,11 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     # The cache dir is a declared (persistent) output, so it exists even when nothing is cached.
     Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
 
+    skipped = []  # why nothing is labelled
     if not cfg.enabled:
-        note = ("augment.llm.enabled is false: no review was relabeled and the table is empty; "
-                "set it to true (vLLM on a GPU, or backend: transformers) to relabel")
+        skipped.append("augment.llm.enabled is false (set it to true to relabel: vLLM on a GPU, "
+                       "or backend: transformers)")
+    if reviews.empty:
+        skipped.append(f"no reviews to label ({args.reviews} has no rows)")
+    if skipped:
+        note = f"{'; '.join(skipped)}: no review was relabeled and the table is empty"
         write_parquet(empty_table(), args.out)
-        write_json({"enabled": False, "note": note, "counts": {"total": len(reviews),
+        write_json({"enabled": cfg.enabled, "note": note, "counts": {"total": len(reviews),
                     "labeled": 0, "kept": 0}}, args.report)
         write_text(confusion_rows(empty_table()).to_csv(index=False), args.confusion)
         print(f"label_reviews: {note}")

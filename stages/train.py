@@ -7,19 +7,25 @@ seed (an entry of the top-level `seeds:`) and write its outputs.
 
 Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
 `--out`/model/README.md (this seed's dev scores); keeps resumable checkpoints in
-`--checkpoints` (a persistent DVC output).
+`--checkpoints` (a persistent DVC output). With `train.processes` > 1 it relaunches itself on
+that many processes under torchrun; under a torchrun of one's own (several nodes) it joins the
+launcher's world. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import load_params, member_for_seed
 from pipeline.data import member_frames
+from pipeline.device import resolve_device
+from pipeline.distributed import SINGLE, World, init_world, launched_by_torchrun, torchrun_command
 from pipeline.errors import UserError, run_stage
 from pipeline.io import atomic_outputs, recover_outputs, write_json, write_parquet, write_text
 from pipeline.model_card import CARD_FILE, model_card
@@ -55,13 +61,18 @@ def write_outputs(trained: TrainedMember, out_dir: Path) -> None:
         (tmp["model"] / CARD_FILE).write_text(model_card(trained.member, trained.metrics))
 
 
-def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None) -> dict:
-    """Train ``member`` and write its outputs; returns its metrics."""
+def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,
+        world: World = SINGLE) -> dict:
+    """Train ``member`` and write its outputs (rank 0 alone, under data parallelism); returns
+    its metrics."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: not a directory; the output directory must be one "
                         f"(move the file away)")
-    recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
-    trained = train_member(member, frames, checkpoint_dir, live)
+    if world.is_main:
+        recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
+    trained = train_member(member, frames, checkpoint_dir, live, world)
+    if not world.is_main:
+        return trained.metrics
     if live is not None and trained.result.pcgrad_steps:
         write_text(pd.DataFrame(trained.result.pcgrad_steps).to_csv(sep="\t", index=False),
                    Path(live.dir) / PCGRAD_STEPS_FILE)
@@ -70,19 +81,29 @@ def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     member = member_for_seed(params, args.member, args.seed)
+    if member.train.processes > 1 and not launched_by_torchrun():
+        # train.processes: this stage on that many local processes, through torchrun.
+        sys.exit(subprocess.run(torchrun_command(member.train.processes, __file__, argv)
+                                ).returncode)
+    world = init_world(resolve_device(member.train.device).type)
     frames = member_frames(member, args.prepared, args.augmented, params.augment.task)
-    if args.no_live:
-        metrics = run(member, frames, args.out, args.checkpoints)
-    else:
-        # Imported here: a machine without DVC (a bare GPU box) trains with --no-live.
-        from dvclive import Live
+    try:
+        if args.no_live or not world.is_main:
+            metrics = run(member, frames, args.out, args.checkpoints, world=world)
+        else:
+            # Imported here: a machine without DVC (a bare GPU box) trains with --no-live.
+            from dvclive import Live
 
-        with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
-            metrics = run(member, frames, args.out, args.checkpoints, live)
-    print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+            with Live(dir=str(args.out / "live"), dvcyaml=None, save_dvc_exp=False) as live:
+                metrics = run(member, frames, args.out, args.checkpoints, live, world)
+    finally:
+        world.close()
+    if world.is_main:
+        print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 
 if __name__ == "__main__":

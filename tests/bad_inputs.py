@@ -740,9 +740,33 @@ def _pretty_json(ws: Path) -> None:
     review_source(ws, "reviews-bad", {"reviews.json": json.dumps(array, indent=2).encode()})
 
 
-@review_case("reviews-empty-directory", "error", "reviews-bad", ("no review", "empty"))
+def nothing_mined(ws: Path) -> str | None:
+    """A check: no review source, so amazon.parquet has no rows and the report says why."""
+    import pandas as pd
+
+    if not (ws / "augmented" / "amazon.parquet").is_file():
+        return "amazon.parquet not written"
+    rows = len(pd.read_parquet(ws / "augmented" / "amazon.parquet"))
+    note = reviews_report(ws).get("note", "")
+    if rows or "no review source" not in note:
+        return f"expected no rows and a 'no review source' note, got {rows} rows, note {note!r}"
+    return None
+
+
+@review_case("reviews-empty-directory", "handled", check=nothing_mined)
 def _empty_dir(ws: Path) -> None:
     review_source(ws, "reviews-bad", {})
+
+
+@review_case("reviews-only-a-readme", "handled", check=nothing_mined, quick=False)
+def _readme_only(ws: Path) -> None:
+    review_source(ws, "reviews-bad", {"README.md": b"Put Amazon review files here.\n"})
+
+
+@review_case("reviews-csv-beside-a-readme", "error", "reviews-bad", "reviews.csv",
+             "no review files")
+def _csv_beside_readme(ws: Path) -> None:
+    review_source(ws, "reviews-bad", {"README.md": b"reviews\n", "reviews.csv": b"stars,text\n"})
 
 
 @review_case("reviews-missing-source", "error", "reviews-nowhere", NOT_FOUND,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -69,6 +70,17 @@ def make_tiny_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def still_bert(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that differ only in how a batch is split (ranks,
+    micro-batches) are comparable."""
+    directory = make_tiny_bert(tmp_path_factory.mktemp("still-bert"))
+    config = json.loads((directory / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
 
 
 @pytest.fixture(scope="session")

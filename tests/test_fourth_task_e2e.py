@@ -1,22 +1,31 @@
 """A fourth task through params alone: a binary polarity task derived from SST, declared in
 params `tasks:` with its own CSV files under data/tasks, trains in the multitask member, is
 scored, ensembled, submitted, carded and predicted by `dvc repro` and `bestfit-predict` on tiny
-data, with no code change; editing its file re-runs prepare."""
+data, with no code change; editing its file re-runs prepare.
+
+The same `dvc repro` runs as a fresh clone has it (one repro for both: each costs minutes):
+params.yaml's default review source, the committed `data/reviews` holding only its README. The
+review stages write empty tables and say why, the member that asks for reviews trains on SST
+alone, and `figures` skips the review plots."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from test_pipeline_e2e import commit_and_repro, run, tiny_project
 
 from pipeline.config import load_params
 from pipeline.data import SPLITS, load_prepared, read_task_split
 from pipeline.predict import main as predict_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 POLARITY = {
     "kind": "binary",
@@ -45,8 +54,13 @@ def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
     for split, rows in (("train", 40), ("dev", 30)):
         polarity_file(cs224n_dir, split, rows).to_csv(
             proj / "data" / "tasks" / f"polarity_{split}.csv", index=False)
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())["augment"]["reviews"]["source"]
+    params["augment"]["reviews"]["source"] = default
+    (proj / default).mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "reviews" / "README.md", proj / default / "README.md")
     params["tasks"]["polarity"] = POLARITY
     params["models"]["multitask"]["tasks"] = ["sst", "qqp", "sts", "polarity"]
+    params["models"]["multitask"]["augment"] = ["amazon", "llm"]
     params["smart"]["task_lambda"] = {"polarity": 0.5}
     params["ensemble"]["polarity"] = ["multitask"]
     params["seeds"] = [11]
@@ -102,3 +116,25 @@ def test_editing_the_tasks_file_re_runs_prepare(project):
     finally:
         path.write_text(saved)
     assert "prepare" in stale
+
+
+def test_repro_without_reviews_runs_every_stage_with_empty_review_tables(project):
+    augmented = project / "data" / "augmented"
+    for name in ("amazon.parquet", "reviews_labeled.parquet"):
+        assert len(pd.read_parquet(augmented / name)) == 0
+    reviews = json.loads((augmented / "reviews_report.json").read_text())
+    assert reviews["note"].startswith("no review source was given: data/reviews holds no "
+                                      "review files")
+    labels = json.loads((augmented / "label_report.json").read_text())
+    assert "no reviews to label" in labels["note"] and labels["counts"]["labeled"] == 0
+    assert (augmented / "review_map.csv").read_text() == "x,y,group,label\n"
+    assert (augmented / "label_confusion.csv").read_text() == "actual,predicted\n"
+
+    sst_train = load_prepared(project / "data" / "prepared", "sst", "train")
+    member = json.loads((project / "models/multitask/seed_11/metrics.json").read_text())
+    assert member["train_examples"]["sst"] == len(sst_train)
+    assert set(json.loads((project / "metrics.json").read_text())) >= {"overall", "sst_acc"}
+    figures = {p.stem for p in (project / "figures").glob("*.png")}
+    assert {"sst_confusion", "sts_scatter", "sst_embeddings"} <= figures
+    assert not figures & {"review_map", "label_confusion"}
+    assert json.loads(run(["dvc", "status", "--json"], project)) == {}

@@ -8,7 +8,9 @@ centroids in a sentence-embedding space (all-MiniLM-L6-v2).
    never fatal. A file that does not open as what its name says (not gzip, another format,
    a broken link) is an error; one damaged further in (a truncated or corrupt gzip stream)
    gives every complete line before the damage, with a warning on stderr. A source that gives
-   no review at all is an error.
+   no review at all is an error, except a directory that holds no review file and nothing but
+   notes (README files, hidden files): that is no review source, and nothing is mined
+   (:func:`no_reviews`), so the DAG runs where no reviews are at hand.
 2. **Match SST's length and label distribution.** SST train lengths (in words) are cut into
    ``length_bins`` quantile bins; reviews outside SST's length range are dropped. Label l is
    given a quota Q_l (``per_label`` for SST's most frequent label, the others in proportion to
@@ -110,7 +112,8 @@ def word_count(text: str) -> int:
 
 def review_files(source: str | Path) -> list[Path]:
     """The review file ``source``, or the review files in directory ``source``, sorted; each is
-    checked to open as what its name says (:func:`check_review_file`)."""
+    checked to open as what its name says (:func:`check_review_file`). No files for a directory
+    of notes alone (:func:`is_note`) or an empty one: no review source."""
     path = Path(source)
     problem = _not_a_file(path)
     if problem is None:
@@ -166,6 +169,8 @@ def _directory_files(path: Path) -> list[Path]:
         else:
             files.append(entry)
     if not files:
+        if all(is_note(name) for name in others):
+            return []
         raise ReviewsError(_no_review_files(path, others))
     keys = [file_key(p) for p in files]
     clashes = sorted({k for k in keys if keys.count(k) > 1})
@@ -175,10 +180,16 @@ def _directory_files(path: Path) -> list[Path]:
     return files
 
 
+def is_note(name: str) -> bool:
+    """Whether directory entry ``name`` (a subdirectory's ends in /) is a note a review
+    directory may hold beside or instead of reviews: a README file, or a hidden entry
+    (``.gitkeep``)."""
+    return name.startswith(".") or (name.lower().startswith("readme") and not name.endswith("/"))
+
+
 def _no_review_files(path: Path, others: list[str]) -> str:
-    """The error for directory ``path`` holding only ``others`` (subdirectories end in /)."""
-    if not others:
-        return f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory (it is empty)"
+    """The error for directory ``path`` holding only ``others`` (subdirectories end in /), not
+    all of them notes."""
     listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
     subdirs = " (subdirectories are not searched)" if any(o.endswith("/") for o in others) else ""
     return (f"{path}: no review files ({', '.join(REVIEW_SUFFIXES)}) in directory; it holds "
@@ -857,6 +868,46 @@ def review_map(sst_emb: np.ndarray, sst_labels: np.ndarray, kept_emb: np.ndarray
     )
 
 
+def kept_table(rows: Sequence[Review], scores: np.ndarray, selection: str) -> pd.DataFrame:
+    """The ``amazon`` table of the kept reviews ``rows`` and their ``scores`` (NaN: none)."""
+    return augmented_table(pd.DataFrame(
+        {
+            "id": pd.Series([f"amazon-{r.file}-{r.line}" for r in rows], dtype="str"),
+            "sentence": pd.Series([r.text for r in rows], dtype="str"),
+            "label": pd.Series([r.label for r in rows], dtype="Int8"),
+            "source": pd.Series(["amazon"] * len(rows), dtype="str"),
+            "source_id": pd.Series([f"{r.asin}/{r.reviewer}" for r in rows], dtype="str"),
+            "method": pd.Series([selection] * len(rows), dtype="str"),
+            # NaN (random selection: no similarity) becomes null in the nullable Float32.
+            "score": pd.Series(scores, dtype="Float32"),
+            "asin": pd.Series([r.asin for r in rows], dtype="str"),
+            "reviewer": pd.Series([r.reviewer for r in rows], dtype="str"),
+            "file": pd.Series([r.file for r in rows], dtype="str"),
+            "line": pd.Series([r.line for r in rows], dtype="int64"),
+            "star_label": pd.Series([r.label for r in rows], dtype="Int8"),
+        }
+    ))
+
+
+def empty_review_map() -> pd.DataFrame:
+    """The review map's columns with no points."""
+    none = np.zeros((0, 0), np.float32)
+    return review_map(none, np.zeros(0, np.int64), none, np.zeros(0, np.int64), seed=0)
+
+
+def no_reviews(source: str | Path, selection: str) -> MinedReviews:
+    """What :func:`mine_reviews` gives for no review source (``source``, a directory that
+    :func:`review_files` finds no review file in): the ``amazon`` table with no rows, an empty
+    map, and a report whose ``note`` says nothing was mined."""
+    note = (f"no review source was given: {source} holds no review files "
+            f"({', '.join(REVIEW_SUFFIXES)}), so nothing was mined and the table is empty; put "
+            "Amazon review files there or point augment.reviews.source at them to mine reviews")
+    report = {"selection": selection, "note": note, "files": [], "lines": 0, "reviews": 0,
+              "candidates": 0, "kept_per_label": [0] * N_LABELS}
+    return MinedReviews(table=kept_table([], np.zeros(0), selection),
+                        review_map=empty_review_map(), report=report)
+
+
 def mine_reviews(
     sst: pd.DataFrame,
     paths: Sequence[Path],
@@ -910,24 +961,7 @@ def mine_reviews(
             f"{counts['sampled_per_label']}, quotas per label {label_quotas.tolist()}"
         )
 
-    rows = [candidates[i] for i in kept]
-    table = augmented_table(pd.DataFrame(
-        {
-            "id": [f"amazon-{r.file}-{r.line}" for r in rows],
-            "sentence": [r.text for r in rows],
-            "label": [r.label for r in rows],
-            "source": ["amazon"] * len(rows),
-            "source_id": [f"{r.asin}/{r.reviewer}" for r in rows],
-            "method": [cfg.selection] * len(rows),
-            # NaN (random selection: no similarity) becomes null in the nullable Float32.
-            "score": pd.Series(scores[kept], dtype="Float32"),
-            "asin": pd.Series([r.asin for r in rows], dtype="str"),
-            "reviewer": pd.Series([r.reviewer for r in rows], dtype="str"),
-            "file": pd.Series([r.file for r in rows], dtype="str"),
-            "line": pd.Series([r.line for r in rows], dtype="int64"),
-            "star_label": pd.Series([r.label for r in rows], dtype="Int8"),
-        }
-    ))
+    table = kept_table([candidates[i] for i in kept], scores[kept], cfg.selection)
     kept_cells = np.zeros((N_LABELS, targets.n_bins), dtype=np.int64)
     np.add.at(kept_cells, (cand_labels[kept], cand_cells[kept] % targets.n_bins), 1)
     report = {
@@ -960,9 +994,7 @@ def mine_reviews(
         ],
     }
     if cfg.selection == "random":
-        # Nothing was embedded: the map keeps its columns and has no points.
-        empty = np.zeros((0, 0), np.float32)
-        points = review_map(empty, sst_labels[:0], empty, cand_labels[:0], cfg.seed)
+        points = empty_review_map()  # nothing was embedded
     else:
         kept_emb = cand_emb[kept] if len(kept) else np.zeros((0, sst_emb.shape[1]), np.float32)
         points = review_map(sst_emb, sst_labels, kept_emb, cand_labels[kept], cfg.seed)

@@ -1,0 +1,120 @@
+"""Model FLOPs utilisation of bestfit's training step: samples/s, tokens/s and MFU.
+
+    python bench/bench_mfu.py [--backbone bert-base-random] [--batch-size 32] [--steps 50]
+                              [--precision bf16] [--peak-tflops N]
+
+Times the trainer's own step (``bench_train.run_bestfit``: real SST/QQP/STS batches, round
+robin, length-grouped and padded per batch) on a randomly initialised bert-base
+(``bert-base-random``: BERT-base's shape, MiniLM's uncased vocabulary, which is bert-base's; for
+speed only) or any backbone. Training FLOPs per token computed on (Kaplan et al. 2020; PaLM,
+Chowdhery et al. 2022, App. B): 6·N + 12·L·H·S, N the encoder's non-embedding parameters, L
+layers, H hidden size, S the padded sequence length (here the timed batches' mean). MFU = achieved
+FLOP/s over the device's dense peak at the precision: the table below by device name, or
+``--peak-tflops``. Prints MFU on the tokens computed (padding included) and on real tokens only
+(what the padding costs). On a CPU the peak is not known: pass ``--peak-tflops`` for an MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import tempfile
+from pathlib import Path
+
+import torch
+from bench_train import DATA, Measurement, run_bestfit
+
+from pipeline.data import prepare, write_prepared
+from pipeline.device import resolve_device
+from pipeline.model import resolve_backbone
+
+# Dense (no sparsity) peak TFLOP/s by device-name fragment: bf16, fp16, fp32 (no TF32).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},  # SXM
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3},
+    "V100": {"fp16": 125.0, "fp32": 15.7},
+    "T4": {"fp16": 65.0, "fp32": 8.1},
+}
+
+
+def device_peak(name: str, precision: str) -> float | None:
+    for fragment, peaks in PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if fragment in name:
+            return peaks.get(precision)
+    return None
+
+
+def random_bert_base(directory: Path) -> Path:
+    """bert-base's configuration, random weights, MiniLM's (= bert-base-uncased's) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    BertModel(BertConfig()).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(directory)
+    return directory
+
+
+def encoder_shape(backbone: str) -> tuple[int, int, int]:
+    """(non-embedding parameters, layers, hidden size) of ``backbone``'s encoder."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(resolve_backbone(backbone))
+    model = AutoModel.from_config(config)
+    embedding = sum(p.numel() for p in model.embeddings.parameters())
+    pooler = sum(p.numel() for p in model.pooler.parameters()) if model.pooler else 0
+    total = sum(p.numel() for p in model.parameters())
+    return total - embedding - pooler, config.num_hidden_layers, config.hidden_size
+
+
+def training_flops(tokens: int, mean_length: float, params: int, layers: int, hidden: int
+                   ) -> float:
+    return tokens * (6 * params + 12 * layers * hidden * mean_length)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="bert-base-random")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak at --precision")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backbone == "bert-base-random":
+            args.backbone = str(random_bert_base(Path(tmp) / "bert-base-random"))
+        args.prepared = Path(tmp) / "prepared"
+        write_prepared(prepare(str(args.data), {}, 0, Path(tmp) / "raw"), args.prepared)
+        params, layers, hidden = encoder_shape(args.backbone)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=run_bestfit, args=(args, args.precision, queue))
+        proc.start()
+        result: Measurement = queue.get()
+        proc.join()
+
+    mean_length = result.padded / result.samples
+    computed = training_flops(result.padded, mean_length, params, layers, hidden)
+    useful = training_flops(result.tokens, mean_length, params, layers, hidden)
+    peak = args.peak_tflops or device_peak(name, args.precision)
+    print(f"device={name} precision={args.precision} batch={args.batch_size} "
+          f"steps={args.steps} threads={result.threads} encoder: {params / 1e6:.1f}M "
+          f"non-embedding parameters, {layers} layers, hidden {hidden}")
+    print(f"samples/s {result.rate:.1f}   tokens/s computed {result.padded / result.seconds:.0f}"
+          f" (real {result.tokens / result.seconds:.0f}, mean padded length {mean_length:.1f})")
+    for label, flops in (("tokens computed", computed), ("real tokens", useful)):
+        achieved = flops / result.seconds / 1e12
+        mfu = f"MFU {100 * achieved / peak:.1f}% of {peak:g}" if peak else (
+            "MFU: peak unknown (--peak-tflops)")
+        print(f"{label:<16} {achieved:8.2f} TFLOP/s   {mfu}")
+
+
+if __name__ == "__main__":
+    main()
