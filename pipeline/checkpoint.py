@@ -108,11 +108,13 @@ def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str,
 
 
 def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
-    """Identifies a run: a checkpoint is resumed only by a run with the same config and data
-    (how often it checkpoints and on how many processes are not part of it)."""
-    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None,
-                                processes=1)
+    """Identifies a run: a checkpoint is resumed only by a run with the same config and data.
+    How often it checkpoints, and how a step is computed (processes, micro-batches, compiled or
+    not: the same updates) are not part of it, so a run resumes on another N."""
+    train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None)
     config = dataclasses.asdict(dataclasses.replace(member, train=train))
+    for how in ("processes", "grad_accum", "compile"):
+        del config["train"][how]
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for task, splits in sorted(data.splits.items()):
         train = splits["train"]

@@ -149,7 +149,7 @@ class TrainConfig:
     # fp32 as is.
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     # Micro-batches per step: a batch_size batch in grad_accum forward/backward passes (the same
-    # update, in less activation memory).
+    # update in less activation memory, but for SMART normalize's 1/batch-scaled ascent step).
     grad_accum: Positive = 1
     # torch.compile the encoder (dynamic shapes: every batch is padded to its own length).
     compile: bool = False

@@ -39,7 +39,8 @@ def launched_by_torchrun() -> bool:
 
 def torchrun_command(processes: int, script: str, argv: list[str]) -> list[str]:
     """``script`` on ``processes`` local processes under torchrun (``--standalone``: a
-    rendezvous on this node at a free port)."""
+    rendezvous on this node at a free port). torchrun sets OMP_NUM_THREADS=1 per process
+    unless it is set: ``train.num_threads`` sets torch's threads itself."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={processes}", script, *argv]
 
@@ -77,11 +78,18 @@ def init_world(device_type: str, backend: str = "auto", timeout_minutes: float =
     names one); a process not launched by torchrun is the single rank of its own run."""
     if not launched_by_torchrun():
         return SINGLE
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device_id = None
+    if device_type == "cuda":
+        # NCCL's object collectives run on the current device: this rank's own GPU.
+        device_id = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device_id)
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device_type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
+                                device_id=device_id)
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def shard(index: np.ndarray, world: World) -> np.ndarray:

@@ -165,8 +165,12 @@ class PCGrad:
             others = [j for j in range(k) if j != i]
             perm = torch.randperm(len(others), generator=self.generator).tolist()
             orders.append([others[m] for m in perm])
-        coef, events = pcgrad_coefficients(gram, orders)
-        weights = coef.sum(0).tolist()  # Σ_i g_i^PC = Σ_j (Σ_i C_ij) g_j
+        finite = bool(np.isfinite(gram).all())
+        if finite:
+            coef, events = pcgrad_coefficients(gram, orders)
+            weights = coef.sum(0).tolist()  # Σ_i g_i^PC = Σ_j (Σ_i C_ij) g_j
+        else:  # an fp16 overflow: non-finite grads, so the loss scaler skips this step
+            events, weights = [], [math.nan] * k
         offset = 0
         for n, (p, size) in enumerate(zip(self.shared, self._sizes, strict=True)):
             if self._touched[n]:
@@ -180,8 +184,9 @@ class PCGrad:
         for i, j, change in events:
             count[index[i], index[j]] += 1
             changes[index[i], index[j]] += change
-        self._counts.append(count)
-        self._changes.append(changes)
+        if finite:  # a skipped step is not one of the statistics' steps
+            self._counts.append(count)
+            self._changes.append(changes)
         self._step_tasks = []
         self._touched = [False] * len(self.shared)
 

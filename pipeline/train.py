@@ -50,6 +50,7 @@ LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
 BEST_STAMP = "run.json"  # in best/: the fingerprint and epoch of the run that wrote it
 CHECKPOINT_FORMAT = 1
+CLOCK_STEPS = 20  # under data parallelism, the ranks agree on a time-based checkpoint this often
 RANK_SEED_STRIDE = 1_000_003  # rank r's dropout seed: one process's + r·this (a prime)
 PROGRESS_SECONDS = 30
 
@@ -243,11 +244,17 @@ class Trainer:
     def _checkpoint_due(self) -> bool:
         steps, since = self._last_checkpoint
         every_steps, every_minutes = self.cfg.checkpoint_steps, self.cfg.checkpoint_minutes
-        due = ((every_steps is not None and self.scheduler.last_epoch - steps >= every_steps)
-               or (every_minutes is not None
-                   and time.monotonic() - since >= 60 * every_minutes))
-        if self.world.distributed and every_minutes is not None:
-            # Clocks differ between ranks: a checkpoint is collective, so all decide together.
+        step = self.scheduler.last_epoch
+        if every_steps is not None and step - steps >= every_steps:
+            return True
+        if every_minutes is None:
+            return False
+        due = time.monotonic() - since >= 60 * every_minutes
+        if self.world.distributed:
+            # Clocks differ between ranks and a checkpoint is collective: all decide together,
+            # every CLOCK_STEPS steps (a blocking all-reduce each step would cost a host sync).
+            if step % CLOCK_STEPS:
+                return False
             flag = torch.tensor([float(due)], device=self.device)
             due = bool(all_reduce_sum(flag, self.world).item() > 0)
         return due
@@ -325,9 +332,12 @@ class Trainer:
                 torch.set_rng_state(state["rng"]["torch"].cpu())
                 if "cuda" in state["rng"] and self.device.type == "cuda":
                     torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-            else:  # the saved progress is every rank's: held once, by rank 0
-                progress = self._new_progress(progress.epoch, progress.steps_done)
-                torch.manual_seed(self._rank_seed(progress.epoch) + progress.steps_done)
+            else:  # the saved outputs and loss sums are every rank's: held once, by rank 0
+                progress = self._new_progress(progress.epoch, progress.steps_done,
+                                              counts=progress.loss_sums)
+                torch.manual_seed(int(np.random.SeedSequence(
+                    [self.cfg.seed, progress.epoch, self.world.rank, progress.steps_done]
+                ).generate_state(1)[0]))
         log.info("%s: resuming after epoch %d%s", self.checkpoint_path, state["epoch"],
                  f", step {progress.steps_done}" if progress else "")
         return state["epoch"], progress
@@ -348,10 +358,14 @@ class Trainer:
         """Dropout's seed for ``epoch``: rank 0's is one process's, the others' differ."""
         return self.cfg.seed * 1000 + epoch + RANK_SEED_STRIDE * self.world.rank
 
-    def _new_progress(self, epoch: int, steps_done: int = 0) -> EpochProgress:
+    def _new_progress(self, epoch: int, steps_done: int = 0,
+                      counts: dict[str, list] | None = None) -> EpochProgress:
+        """An epoch's progress with zero loss sums, the batch ``counts`` of a resumed one (the
+        same on every rank) kept."""
         zero = torch.zeros((), device=self.device)
         return EpochProgress(epoch, steps_done,
-                             loss_sums={t: [zero.clone(), 0] for t in self.train_sets},
+                             loss_sums={t: [zero.clone(), counts[t][1] if counts else 0]
+                                        for t in self.train_sets},
                              outputs={t: [] for t in self.train_sets})
 
     def _step(self, step_tasks: list[str], iterators: dict, progress: EpochProgress) -> None:

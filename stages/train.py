@@ -15,8 +15,8 @@ launcher's world. Only rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     member = member_for_seed(params, args.member, args.seed)
     if member.train.processes > 1 and not launched_by_torchrun():
-        # train.processes: this stage on that many local processes, through torchrun.
-        sys.exit(subprocess.run(torchrun_command(member.train.processes, __file__, argv)
-                                ).returncode)
+        # train.processes: this stage on that many local processes, through torchrun, in this
+        # process's place (a signal to the stage reaches torchrun, which stops its workers).
+        command = torchrun_command(member.train.processes, __file__, argv)
+        os.execv(command[0], command)
     world = init_world(resolve_device(member.train.device).type)
     frames = member_frames(member, args.prepared, args.augmented, params.augment.task)
     try:

@@ -127,8 +127,7 @@ def resumed_worker(rank: int, size: int, port: int, backbone: str, out: str) -> 
     world = join(rank, size, port)
     try:
         state, result, dev = fit(Path(backbone), "plain", Path(out), world, checkpoint_steps=2)
-        if world.is_main:
-            save_fit(Path(out) / "resumed.pt", state, result, dev)
+        save_fit(Path(out) / f"resumed{rank}.pt", state, result, dev)  # every rank's
     finally:
         world.close()
 
@@ -197,7 +196,13 @@ def test_a_two_process_run_killed_mid_epoch_resumes(still_bert, two_processes, t
     assert saved["epoch"] == 0 and saved["in_epoch"]["steps_done"] == 2
     if resume_on == 2:
         spawn(resumed_worker, 2, str(still_bert), str(tmp_path / "run"))
-        got = torch.load(tmp_path / "run" / "resumed.pt", weights_only=False)
+        got = torch.load(tmp_path / "run" / "resumed0.pt", weights_only=False)
+        other = torch.load(tmp_path / "run" / "resumed1.pt", weights_only=False)
+        def scores(history):  # each rank's own clock aside
+            return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
+
+        assert scores(other["history"]) == scores(got["history"])
+        assert other["best"] == got["best"]
     else:
         state, result, dev = fit(still_bert, "plain", tmp_path / "run", checkpoint_steps=2)
         got = {"state": state, "history": result.history, "best": result.best_metrics,
@@ -222,10 +227,11 @@ def test_the_stage_launches_torchrun_for_train_processes(monkeypatch, tmp_path):
     stage = load_stage("train")
     calls = []
 
-    class Done:
-        returncode = 0
+    def execv(path, args):
+        calls.append(args)
+        raise SystemExit(0)  # execv does not return
 
-    monkeypatch.setattr(stage.subprocess, "run", lambda cmd: calls.append(cmd) or Done())
+    monkeypatch.setattr(stage.os, "execv", execv)
     params = tmp_path / "params.yaml"
     params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text()
                       .replace("  processes: 1 ", "  processes: 2 "))
@@ -251,7 +257,10 @@ def test_fp16_trains_with_a_loss_scale_that_resumes(still_bert, tmp_path):
     tokenizer = load_tokenizer(member.model.backbone)
     data = tokenize_member_data(synthetic_frames(ROWS, 3), member, tokenizer)
     trainer = Trainer(member, data, tokenizer, tmp_path)
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     result = trainer.fit()
+    moved = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, initial[k])]
+    assert len(moved) > len(initial) // 2  # steps were taken, not all skipped
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     assert all(math.isfinite(v) for v in result.best_metrics.values())
     scale = trainer.scaler.state_dict()
@@ -264,3 +273,17 @@ def test_fp16_trains_with_a_loss_scale_that_resumes(still_bert, tmp_path):
     resumed = Trainer(member, data, tokenizer, tmp_path)
     assert resumed._load_checkpoint() == (2, None)
     assert resumed.scaler.state_dict() == scale
+
+
+def test_how_a_step_is_computed_is_not_part_of_the_run(still_bert):
+    from pipeline.checkpoint import config_fingerprint
+
+    member = variant_member(still_bert, "plain")
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(ROWS, 3), member, tokenizer)
+    same = [dataclasses.replace(member, train=dataclasses.replace(member.train, **how))
+            for how in ({"processes": 4}, {"grad_accum": 2}, {"compile": True})]
+    assert {config_fingerprint(m, data) for m in [member, *same]} == {
+        config_fingerprint(member, data)}
+    other = dataclasses.replace(member, train=dataclasses.replace(member.train, lr=1e-3))
+    assert config_fingerprint(other, data) != config_fingerprint(member, data)

@@ -240,3 +240,23 @@ def test_step_table_records_each_step_by_hand():
     assert stats["pcgrad/norm_change_pct/sst_to_qqp"] == pytest.approx(
         (100 * (np.sqrt(0.2) - 1) - 100) / 2)
     assert pc.step_table().empty
+
+
+def test_an_overflowed_step_gives_non_finite_grads_and_no_statistics():
+    # fp16: a gradient that overflowed makes the Gram matrix non-finite; the step's grads are
+    # NaN (the loss scaler then skips it) and it is not one of the statistics' steps.
+    model = TinyMultitask()
+    shared = model.shared()
+    pc = PCGrad(shared, ["sst", "qqp", "sts"], torch.Generator().manual_seed(0))
+    batches = task_batches(0)
+    for t in ("sst", "qqp", "sts"):
+        pc.accumulate(t, model.loss(t, *batches[t]) * (float("inf") if t == "qqp" else 1.0))
+    pc.combine()
+    assert all(not torch.isfinite(p.grad).all() for p in shared if p.grad is not None)
+    assert pc.epoch_stats()["pcgrad/steps"] == 0.0
+    model.zero_grad(set_to_none=True)  # as the optimiser's step does
+    for t in ("sst", "qqp", "sts"):
+        pc.accumulate(t, model.loss(t, *batches[t]))
+    pc.combine()
+    assert all(torch.isfinite(p.grad).all() for p in shared if p.grad is not None)
+    assert pc.epoch_stats()["pcgrad/steps"] == 1.0
