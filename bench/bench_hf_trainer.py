@@ -59,11 +59,11 @@ import numpy as np
 import torch
 import transformers
 from bench_train import (
-    DATA,
     TASKS,
     WARMUP,
     Measurement,
     bench_member,
+    loop_arguments,
     peak_memory_mb,
     run_bestfit,
     sync,
@@ -268,16 +268,10 @@ def total(runs: list[Measurement]) -> Measurement:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="minilm")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser = loop_arguments(__doc__)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 elsewhere")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the loops, in turn")
-    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.precision == "auto":

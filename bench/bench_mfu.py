@@ -16,13 +16,12 @@ FLOP/s over the device's dense peak at the precision: the table below by device 
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_train import DATA, Measurement, run_bestfit
+from bench_train import Measurement, loop_arguments, run_bestfit
 
 from pipeline.data import prepare, write_prepared
 from pipeline.device import resolve_device
@@ -74,15 +73,9 @@ def training_flops(tokens: int, mean_length: float, params: int, layers: int, hi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="bert-base-random")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser = loop_arguments(__doc__, backbone="bert-base-random", steps=50, batch_size=32)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak at --precision")
-    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
     device = resolve_device(args.device)

@@ -169,15 +169,21 @@ def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
                           peak_memory_mb(device), torch.get_num_threads()))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="minilm")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=16)
+def loop_arguments(doc: str, backbone: str = "minilm", steps: int = 30,
+                   batch_size: int = 16) -> argparse.ArgumentParser:
+    """The options every training-loop bench takes (``run_bestfit`` reads them)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--backbone", default=backbone)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data", type=Path, default=DATA)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = loop_arguments(__doc__).parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         args.prepared = Path(tmp)
