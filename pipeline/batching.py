@@ -45,13 +45,26 @@ class TokenizedTask:
     def lengths(self) -> np.ndarray:
         return np.array([sum(len(seq[i]) for seq in self.sequences) for i in range(len(self))])
 
+    def padded_lengths(self) -> np.ndarray:
+        """Each example's length as padding sees it, which length grouping sorts by: its
+        sequence's, or a separately encoded pair's longer sentence (each side of a batch is
+        padded to its own longest; sorting by the sum would waste ~1/3 of the tokens)."""
+        return np.array([max(len(seq[i]) for seq in self.sequences) for i in range(len(self))])
+
     def rows(self, start: int, stop: int) -> TokenizedTask:
         """Examples ``start`` to ``stop`` (a data-parallel rank's part of an evaluation)."""
+        return self.take(np.arange(start, stop))
+
+    def take(self, index: np.ndarray) -> TokenizedTask:
+        """The examples at ``index``, in that order."""
+        def pick(items: list) -> list:
+            return [items[i] for i in index]
+
         return TokenizedTask(
-            self.task, self.ids[start:stop], [seq[start:stop] for seq in self.sequences],
-            [types[start:stop] for types in self.token_types],
-            None if self.labels is None else self.labels[start:stop],
-            None if self.singles is None else [seq[start:stop] for seq in self.singles])
+            self.task, pick(self.ids), [pick(seq) for seq in self.sequences],
+            [pick(types) for types in self.token_types],
+            None if self.labels is None else self.labels[index],
+            None if self.singles is None else [pick(seq) for seq in self.singles])
 
 
 def tokenize_task(task: TaskSpec | str, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
@@ -161,7 +174,7 @@ def epoch_batches(data: TokenizedTask, subset: np.ndarray, batch_size: int, step
     reshuffled from ``seed`` + its pass number (deterministic, so an epoch can be replayed)."""
     if steps > 0 and len(subset) == 0:
         raise ValueError(f"{data.task}: {steps} batches asked of an empty training subset")
-    lengths = data.lengths()[subset]
+    lengths = data.padded_lengths()[subset]
     produced, passes = 0, 0
     while produced < steps:
         rng = np.random.default_rng([*seed, passes])

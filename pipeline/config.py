@@ -100,6 +100,9 @@ class ModelConfig:
     # `separate` only: the parts concatenated into the pair tasks' head input, in this order.
     pair_features: list[PairFeature] = field(default_factory=lambda: ["u", "v", "diff", "prod"])
     pooling: Literal["cls", "mean", "max", "attention"] = "cls"
+    # `separate` only: pair tasks scored by the cosine of their two embeddings (model.py's
+    # CosineHead) instead of an MLP over pair_features.
+    cosine_heads: list[str] = field(default_factory=list)
     max_length: Annotated[int, Range(ge=4)] = 128  # [CLS] a [SEP] b [SEP] at the least
     head: HeadConfig = field(default_factory=HeadConfig)
 
@@ -160,6 +163,10 @@ class TrainConfig:
     # used as it is. batch_size stays the global batch, split over the processes.
     processes: Positive = 1
     select_by: str = "overall"  # overall or a task's metric name (sst_acc, qqp_acc, sts_pearson)
+    # Rows of a task's dev set that the per-epoch evaluation reads (a fixed seeded sample, the
+    # same for every run), e.g. {qqp: 2000}: the best epoch is picked on them and its model is
+    # then scored on the whole dev set once. {}: every epoch on the whole dev set.
+    select_rows: dict[str, Positive] = field(default_factory=dict)
     # A resumable checkpoint (model, optimiser, data position, RNG states) every this many steps
     # and/or minutes, and at every epoch's end; null turns that trigger off.
     checkpoint_steps: Positive | None = None
@@ -421,6 +428,17 @@ def _check_section_tasks(built: Mapping[str, Any], prefix: str, known: Mapping[s
     """Per-task maps must name real tasks: a typo would silently leave a knob at its default."""
     _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights", known)
     _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda", known)
+    _check_task_keys(built["train"].select_rows, f"{prefix}train.select_rows", known)
+    model = built["model"]
+    _check_task_keys(dict.fromkeys(model.cosine_heads), f"{prefix}model.cosine_heads", known)
+    if model.cosine_heads and model.pair_encoding != "separate":
+        raise ConfigError(f"{prefix}model.cosine_heads: {model.cosine_heads} need "
+                          f"model.pair_encoding: separate (a cosine compares two embeddings)")
+    unfit = [t for t in model.cosine_heads
+             if not known[t].pair or known[t].kind not in ("binary", "regression")]
+    if unfit:
+        raise ConfigError(f"{prefix}model.cosine_heads: {unfit}: a cosine head scores a pair "
+                          f"task of kind binary or regression")
     # Checked whatever the schedule, as its Literal type once did: a typo must not lie in wait.
     custom_task = built["train"].custom.task
     if custom_task not in known:

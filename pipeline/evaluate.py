@@ -16,7 +16,7 @@ import torch
 from scipy.special import expit
 from scipy.stats import spearmanr
 
-from pipeline.batching import TokenizedTask, batch_indices, collate
+from pipeline.batching import TokenizedTask, batch_indices, collate, pad
 from pipeline.device import autocast
 from pipeline.model import MultitaskModel
 from pipeline.tasks import TaskSpec, overall_score, specs_for, task_spec
@@ -56,19 +56,57 @@ def predict(model: MultitaskModel, data: TokenizedTask, batch_size: int, device:
     raw = np.zeros((len(data), width) if width else len(data), dtype=np.float32)
     chunks = []
     try:
-        for index in batch_indices(data.lengths(), batch_size, rng=None, group_by_length=True):
-            batch = collate(data, index, pad_id).to(device)
-            with autocast(device, precision):
-                out = model(data.task, batch.inputs)
-            chunks.append((index, out.float()))
-            if progress is not None:
-                progress(len(index))
+        if len(data.sequences) == 2:
+            chunks = _separate_pair_outputs(model, data, batch_size, device, precision, pad_id,
+                                            progress)
+        else:
+            for index in batch_indices(data.lengths(), batch_size, rng=None,
+                                       group_by_length=True):
+                batch = collate(data, index, pad_id).to(device)
+                with autocast(device, precision):
+                    out = model(data.task, batch.inputs)
+                chunks.append((index, out.float()))
+                if progress is not None:
+                    progress(len(index))
     finally:
         model.train(was_training)
     # One host transfer per batch, after all batches are queued.
     for index, out in chunks:
         raw[index] = out.cpu().numpy()
     return outputs_to_frame(spec, data.ids, raw)
+
+
+def _separate_pair_outputs(model: MultitaskModel, data: TokenizedTask, batch_size: int,
+                           device: torch.device, precision: str, pad_id: int,
+                           progress: Callable[[int], object] | None
+                           ) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """A separately encoded pair task's outputs: every sentence of either side embedded once,
+    in batches sorted by its own length, then the head on each pair's two vectors. (A batch of
+    pairs pads each side to its longest sentence: on the QQP dev set ~1.5× the real tokens at
+    batch 128, against ~1.02× for sentences sorted alone.)"""
+    n = len(data)
+    sequences = data.sequences[0] + data.sequences[1]
+    types = data.token_types[0] + data.token_types[1]
+    lengths = np.array([len(seq) for seq in sequences])
+    vectors: torch.Tensor | None = None
+    embedded = 0
+    for index in batch_indices(lengths, batch_size, rng=None, group_by_length=True):
+        encoding = pad([sequences[i] for i in index], [types[i] for i in index], pad_id)
+        with autocast(device, precision):
+            pooled = model.embed({k: v.to(device, non_blocking=True) for k, v in encoding.items()})
+        if vectors is None:
+            vectors = pooled.new_empty((2 * n, pooled.shape[-1]))
+        vectors[torch.from_numpy(index).to(device)] = pooled
+        if progress is not None:  # in pairs, as the other tasks count
+            progress((embedded + len(index)) // 2 - embedded // 2)
+        embedded += len(index)
+    chunks = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        with autocast(device, precision):
+            features = model.combine(data.task, [vectors[start:stop], vectors[n + start:n + stop]])
+        chunks.append((np.arange(start, stop), model.score(data.task, features).float()))
+    return chunks
 
 
 def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:

@@ -137,6 +137,27 @@ def mlp_head(in_dim: int, out_dim: int, cfg: HeadConfig, hidden_default: int) ->
     return nn.Sequential(*layers)
 
 
+class CosineHead(nn.Module):
+    """A separately encoded pair scored by its embeddings' cosine: y = a·cos(u, v) + b, with the
+    two scalars learnt (Sentence-BERT's cosine objective, Reimers & Gurevych 2019, with the
+    target's affine map learnt). A regression starts at a = high − low, b = low (cos 0 ↦ low,
+    1 ↦ high); a binary logit at a = 10, b = −5 (p = ½ at cos ½). It reads [u, v] concatenated."""
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__()
+        if spec.kind == "regression":
+            low, high = spec.label_range
+            scale, shift = high - low, low
+        else:
+            scale, shift = 10.0, -5.0
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.shift = nn.Parameter(torch.tensor(float(shift)))
+
+    def forward(self, pair: Tensor) -> Tensor:
+        u, v = pair.chunk(2, dim=-1)
+        return (self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift).unsqueeze(-1)
+
+
 class MultitaskModel(nn.Module):
     """Shared encoder + pooler + per-task heads.
 
@@ -165,7 +186,8 @@ class MultitaskModel(nn.Module):
         combined = len(cfg.pair_features) * dim if cfg.pair_encoding == "separate" else dim
         self.heads = nn.ModuleDict(
             {
-                name: mlp_head(combined if spec.pair else dim, spec.outputs, cfg.head, dim)
+                name: CosineHead(spec) if name in cfg.cosine_heads
+                else mlp_head(combined if spec.pair else dim, spec.outputs, cfg.head, dim)
                 for name, spec in self.specs.items()
             }
         )
@@ -226,20 +248,29 @@ class MultitaskModel(nn.Module):
     def features(self, task: str, inputs: list[Encoding],
                  inputs_embeds: list[Tensor] | None = None) -> Tensor:
         embeds = inputs_embeds or [None] * len(inputs)
-        vectors = [self.embed(enc, emb) for enc, emb in zip(inputs, embeds, strict=True)]
+        return self.combine(task, [self.embed(enc, emb)
+                                   for enc, emb in zip(inputs, embeds, strict=True)])
+
+    def combine(self, task: str, vectors: list[Tensor]) -> Tensor:
+        """The head's input from the pooled vectors: a sentence's (or concatenated pair's)
+        vector, or a separately encoded pair's features."""
         if len(vectors) == 1:
             return vectors[0]
         u, v = vectors
-        return torch.cat([PAIR_FEATURES[part](u, v) for part in self.cfg.pair_features], dim=-1)
+        parts = ["u", "v"] if task in self.cfg.cosine_heads else self.cfg.pair_features
+        return torch.cat([PAIR_FEATURES[part](u, v) for part in parts], dim=-1)
 
-    def forward(self, task: str, inputs: list[Encoding],
-                inputs_embeds: list[Tensor] | None = None) -> Tensor:
-        features = self.features(task, inputs, inputs_embeds)
+    def score(self, task: str, features: Tensor) -> Tensor:
+        """``task``'s head on its input features."""
         # The head runs in fp32 whatever the autocast: in bf16 (8 significant bits) an STS
         # prediction near 4 would move in steps of 1/32, and so would every logit.
         with torch.autocast(features.device.type, enabled=False):
             out = self.heads[task](features.float())
         return out if self.specs[task].kind == "classification" else out.squeeze(-1)
+
+    def forward(self, task: str, inputs: list[Encoding],
+                inputs_embeds: list[Tensor] | None = None) -> Tensor:
+        return self.score(task, self.features(task, inputs, inputs_embeds))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches: encoder and pooler (PCGrad projects these)."""

@@ -147,13 +147,16 @@ def _tasks_section(member: MemberConfig) -> list[str]:
     head = member.model.head
     lines = [
         "## Tasks and heads", "",
-        f"One shared encoder, {member.model.pooling} pooling, one MLP head per task "
-        f"({head.layers} layers, {head.activation}, dropout {head.dropout}). Pairs are encoded "
+        f"One shared encoder, {member.model.pooling} pooling, one head per task (an MLP "
+        f"of {head.layers} layers, {head.activation}, dropout {head.dropout}, unless the table "
+        f"says a cosine). Pairs are encoded "
         f"as {pairs}.", "",
         "| task | input | head | labels |", "| --- | --- | --- | --- |",
     ]
     for task in member.tasks:
         facts = task_card(member.specs[task])
+        if task in member.model.cosine_heads:
+            facts["head"] = f"a·cos(u, v) + b (a, b learnt): {facts['head']}"
         lines.append(f"| {facts['title']} | {facts['input']} | {facts['head']} | "
                      f"{facts['labels']} |")
     return lines
@@ -191,6 +194,10 @@ def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
               f"`{member.train.select_by}`"
               + (f" (epoch {metrics['best_epoch']} of {member.train.epochs})"
                  if "best_epoch" in metrics else "")
+              + (" on a fixed sample of the dev rows ("
+                 + ", ".join(f"{t}: {n}" for t, n in member.train.select_rows.items())
+                 + "); its model was then scored on the whole dev set"
+                 if member.train.select_rows else "")
               + ", so these dev scores are optimistic estimates of unseen-data performance."]
     return lines
 

@@ -31,7 +31,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.batching import TaskData, collate, epoch_batches, tokenize_member_data
+from pipeline.batching import (
+    TaskData,
+    TokenizedTask,
+    collate,
+    epoch_batches,
+    tokenize_member_data,
+)
 from pipeline.checkpoint import CheckpointError, config_fingerprint, load_state, save_state
 from pipeline.config import MemberConfig
 from pipeline.device import autocast, grad_scaler, resolve_device
@@ -53,6 +59,7 @@ CHECKPOINT_FORMAT = 1
 CLOCK_STEPS = 20  # under data parallelism, the ranks agree on a time-based checkpoint this often
 RANK_SEED_STRIDE = 1_000_003  # rank r's dropout seed: one process's + r·this (a prime)
 PROGRESS_SECONDS = 30
+SELECT_SEED = 0  # draws train.select_rows' dev sample
 
 log = logging.getLogger("bestfit.train")
 
@@ -71,6 +78,9 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    # With train.select_rows: the best epoch's scores on the selection sample (best_metrics are
+    # then the whole dev set's).
+    select_metrics: dict[str, float] = field(default_factory=dict)
     # PCGrad's per-step table (PCGrad.step_table) of the first epoch that mixes tasks.
     pcgrad_steps: dict[str, list[float]] = field(default_factory=dict)
 
@@ -103,6 +113,22 @@ class EpochProgress:
         loss_sums = {task: [total.to(device), count]
                      for task, (total, count) in state["loss_sums"].items()}
         return cls(state["epoch"], state["steps_done"], loss_sums, outputs, state["seconds"])
+
+
+def selection_sets(dev: dict[str, TokenizedTask], select_rows: dict[str, int]
+                   ) -> dict[str, TokenizedTask]:
+    """The dev sets the per-epoch evaluation reads: a task capped by ``select_rows`` keeps a
+    uniform sample of that many rows, in file order, drawn with a fixed seed (every run, seed
+    and variant picks its best epoch on the same rows)."""
+    sets = {}
+    for task, data in dev.items():
+        cap = select_rows.get(task)
+        if cap is None or cap >= len(data):
+            sets[task] = data
+        else:
+            rng = np.random.default_rng(SELECT_SEED)
+            sets[task] = data.take(np.sort(rng.choice(len(data), size=cap, replace=False)))
+    return sets
 
 
 def duration(seconds: float) -> str:
@@ -176,6 +202,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, member)
         self.scaler = grad_scaler(self.device, self.cfg.precision)
         self.train_sets = data.split("train")
+        self.select_sets = selection_sets(data.split("dev"), self.cfg.select_rows)
+        self.sampled = [task for task, d in data.split("dev").items()
+                        if len(self.select_sets[task]) < len(d)]
         self.plan = plan_epochs(member, self.train_sets)
         self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps,
                                          self.cfg.warmup_ratio)
@@ -455,9 +484,13 @@ class Trainer:
         return metrics
 
     def evaluate(self, split: str) -> tuple[dict[str, pd.DataFrame], dict[str, float] | None]:
-        """Predictions for every example of ``split`` (each rank predicts its contiguous part,
-        gathered in rank order: the split's own order) and, when labelled, the scores."""
-        sets = self.data.split(split)
+        """Predictions for every example of ``split`` and, when labelled, the scores."""
+        return self._evaluate(self.data.split(split))
+
+    def _evaluate(self, sets: dict[str, TokenizedTask]
+                  ) -> tuple[dict[str, pd.DataFrame], dict[str, float] | None]:
+        """Predictions for every example of ``sets`` (each rank predicts its contiguous part,
+        gathered in rank order: the sets' own order) and, when labelled, the scores."""
         frames = {}
         for task, data in sets.items():
             rows = shard(np.arange(len(data)), self.world)
@@ -486,7 +519,7 @@ class Trainer:
             progress = None
             clock.trained(epoch, time.perf_counter() - began)
             began = time.perf_counter()
-            dev_predictions, metrics = self.evaluate("dev")
+            dev_predictions, metrics = self._evaluate(self.select_sets)
             clock.evaluated(time.perf_counter() - began)
             result.train_seconds += time.perf_counter() - began
             bad = non_finite(metrics)
@@ -509,25 +542,47 @@ class Trainer:
                 select, result.best_metrics["overall"])
             if best:
                 result.best_metrics, result.best_epoch = metrics, epoch
-                self._save_best(dev_predictions, epoch)
+                self._save_best(None if self.sampled else dev_predictions, epoch)
             self._save_checkpoint(epoch)
             if self.world.is_main:  # what a user waits for, as it comes
-                tqdm.write(f"{self.member.name} epoch {epoch}/{self.cfg.epochs}: dev "
-                           + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                tqdm.write(f"{self.member.name} epoch {epoch}/{self.cfg.epochs}: dev"
+                           + (f" (sample of {', '.join(self.sampled)})" if self.sampled else "")
+                           + " " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                            + (" (best)" if best else "") + f" · {clock.summary()}")
         if self._best_stamp() != {"fingerprint": self.fingerprint, "epoch": result.best_epoch}:
             raise CheckpointError(f"{self.best_dir}: not this run's best snapshot (epoch "
                                   f"{result.best_epoch}); delete {self.best_dir.parent} and "
                                   f"run again")
+        if self.sampled:
+            self._score_best_on_dev()
         return result
 
-    def _save_best(self, dev_predictions: dict[str, pd.DataFrame], epoch: int) -> None:
-        """Snapshot the model with its dev predictions, so they need not be computed again,
-        stamped with this run's fingerprint and the epoch (rank 0 writes, the others wait)."""
+    def _score_best_on_dev(self) -> None:
+        """The best epoch's model (picked on the selection sample) scored on the whole dev set,
+        once; its predictions join the best snapshot (rank 0 writes)."""
+        result = self.result
+        load_member_weights(self.model, self.best_dir / "model")
+        began = time.perf_counter()
+        dev_predictions, metrics = self.evaluate("dev")
+        result.train_seconds += time.perf_counter() - began
+        if self.world.is_main:
+            with atomic_path(self.best_dir / "predictions") as tmp:
+                for task, frame in dev_predictions.items():
+                    write_parquet(frame, tmp / f"{task}_dev.parquet")
+            tqdm.write(f"{self.member.name} best epoch {result.best_epoch} on the whole dev set: "
+                       + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                       + f" ({duration(time.perf_counter() - began)})")
+        self.world.barrier()
+        result.select_metrics, result.best_metrics = result.best_metrics, metrics
+
+    def _save_best(self, dev_predictions: dict[str, pd.DataFrame] | None, epoch: int) -> None:
+        """Snapshot the model with its dev predictions (None: scored later, on the whole dev
+        set), stamped with this run's fingerprint and the epoch (rank 0 writes, the others
+        wait)."""
         if self.world.is_main:
             with atomic_path(self.best_dir) as tmp:
                 save_member(self.model, self.member, self.tokenizer, tmp / "model")
-                for task, frame in dev_predictions.items():
+                for task, frame in (dev_predictions or {}).items():
                     write_parquet(frame, tmp / "predictions" / f"{task}_dev.parquet")
                 write_json({"fingerprint": self.fingerprint, "epoch": epoch}, tmp / BEST_STAMP)
         self.world.barrier()
@@ -579,6 +634,9 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
         "tokenize_seconds": round(tokenize_seconds, 1),
         "train_examples": {task: len(d) for task, d in trainer.train_sets.items()},
     }
+    if result.select_metrics:  # the best epoch's scores on the rows that picked it
+        metrics["select_sample"] = {**result.select_metrics,
+                                    "rows": {t: len(d) for t, d in trainer.select_sets.items()}}
     test_predictions, _ = trainer.evaluate("test")
     return TrainedMember(member, trainer.model, result, metrics, trainer.best_dir,
                          test_predictions)

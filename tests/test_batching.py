@@ -69,6 +69,7 @@ def test_sst_one_sequence_per_example(tokenizer, vocab):
     np.testing.assert_array_equal(data.labels, [3, 1, 4])
     assert data.singles is None
     np.testing.assert_array_equal(data.lengths(), [6, 6, 7])
+    np.testing.assert_array_equal(data.padded_lengths(), [6, 6, 7])
 
 
 def test_sst_with_singles_has_none(tokenizer):
@@ -102,6 +103,8 @@ def test_separate_pair_is_two_sequences(tokenizer, vocab):
     np.testing.assert_array_equal(data.labels, np.array([3.5, 0.25], np.float32))
     # the length of an example is that of both its sequences
     np.testing.assert_array_equal(data.lengths(), [5 + 5, 5 + 4])
+    # padding sees the longer of the two: each side is padded on its own
+    np.testing.assert_array_equal(data.padded_lengths(), [5, 5])
 
 
 def test_concat_with_singles_tokenizes_each_sentence_alone(tokenizer, vocab):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -546,3 +547,55 @@ def test_a_broken_member_dir_is_a_user_error_naming_it(saved_dir, tiny_bert, tmp
         MultitaskModel.from_pretrained(directory)
     assert str(directory) in str(caught.value)
     assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
+
+
+# --- cosine heads ------------------------------------------------------------------------------
+
+
+def test_cosine_head_is_an_affine_map_of_the_cosine(tiny_bert, tokenizer):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=str(tiny_bert), pooling="mean", pair_encoding="separate",
+                      cosine_heads=["qqp", "sts"])
+    model = MultitaskModel(cfg, TASKS).eval()
+    # STS's range [0, 5]: cos 0 ↦ 0, cos 1 ↦ 5; QQP's logit 10·cos − 5 (p = ½ at cos ½)
+    assert (model.heads["sts"].scale.item(), model.heads["sts"].shift.item()) == (5.0, 0.0)
+    assert (model.heads["qqp"].scale.item(), model.heads["qqp"].shift.item()) == (10.0, -5.0)
+    first, second = encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)
+    with torch.no_grad():
+        model.heads["sts"].scale.fill_(2.5)
+        model.heads["sts"].shift.fill_(1.5)
+        u, v = model.embed(first), model.embed(second)
+        sts = model("sts", [first, second])
+        qqp = model("qqp", [first, second])
+        same = model("sts", [first, first])
+    cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+    assert sts.shape == qqp.shape == (3,)
+    assert torch.allclose(sts, 2.5 * cos + 1.5, atol=1e-5)
+    assert torch.allclose(qqp, 10.0 * cos - 5.0, atol=1e-5)
+    assert torch.allclose(same, torch.full((3,), 4.0), atol=1e-5)  # cos(u, u) = 1
+    assert model.heads["sst"][1].in_features == u.shape[-1]  # single sentences: an MLP
+
+
+def test_cosine_head_scalars_are_trained_and_saved(tiny_bert, tokenizer, tmp_path):
+    model, member = saved_member(tiny_bert, tmp_path / "model", pooling="mean",
+                                 pair_encoding="separate", cosine_heads=["sts"])
+    assert [n for n, _ in model.heads["sts"].named_parameters()] == ["scale", "shift"]
+    assert {id(p) for p in model.head_parameters("sts")} == {
+        id(model.heads["sts"].scale), id(model.heads["sts"].shift)}
+    loaded = MultitaskModel.from_pretrained(tmp_path / "model")
+    assert loaded.member.model.cosine_heads == ["sts"]
+    pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
+    with torch.no_grad():
+        assert torch.equal(loaded.heads["sts"].scale, model.heads["sts"].scale)
+        assert not torch.equal(model.heads["sts"].scale, torch.tensor(5.0))  # really set
+        assert torch.equal(loaded("sts", pair), model("sts", pair))
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ({"cosine_heads": ["sts"]}, "need model.pair_encoding: separate"),
+    ({"cosine_heads": ["sst"], "pair_encoding": "separate"}, "a cosine head scores a pair task"),
+    ({"cosine_heads": ["stsb"], "pair_encoding": "separate"}, "unknown task(s) ['stsb']"),
+])
+def test_cosine_heads_config_errors(tiny_bert, model, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        member_config(tiny_bert, **model)

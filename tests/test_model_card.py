@@ -190,3 +190,16 @@ def test_artifact_paths_follow_the_first_seed(seeds):
                            {**current, "seeds": seeds})
     assert {a["path"] for a in artifacts.values()} == {
         f"models/{member}/seed_13/model" for member in current["models"]}
+
+
+def test_the_card_names_cosine_heads_and_the_selection_sample():
+    raw = params("bert-base-uncased", select_rows={"qqp": 2000})
+    raw["model"].update(pair_encoding="separate", cosine_heads=["sts"])
+    member = parse_params(raw).models["multitask"]
+    _, body = split_card(model_card(member, METRICS))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines()
+            if line.startswith("| ")}
+    assert "a·cos(u, v) + b" in rows["Semantic textual similarity (STS-B)"]
+    assert "a·cos(u, v) + b" not in rows["Paraphrase detection (Quora Question Pairs)"]
+    assert ("epoch 7 of 12) on a fixed sample of the dev rows (qqp: 2000); its model was then "
+            "scored on the whole dev set") in " ".join(body.split())

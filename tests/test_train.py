@@ -16,6 +16,7 @@ from conftest import load_stage
 
 from pipeline.batching import collate, tokenize_member_data
 from pipeline.config import parse_params
+from pipeline.evaluate import predict, score_predictions
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import (
     MultitaskModel,
@@ -28,7 +29,7 @@ from pipeline.objective import task_step_loss
 from pipeline.optim import warmup_linear_decay
 from pipeline.pcgrad import PCGRAD_STEPS_FILE
 from pipeline.schedule import plan_epochs
-from pipeline.train import Trainer
+from pipeline.train import Trainer, selection_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the movie is very good bad great boring fun plot story acting".split()
@@ -279,3 +280,41 @@ def test_pcgrad_steps_of_the_first_mixed_epoch_land_in_the_live_dir(tiny_bert, t
         if column.startswith("projections/"):
             assert steps[column].sum() == first[f"pcgrad/{column}"]
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "sst_acc.tsv").exists()
+
+
+def test_selection_sets_sample_a_fixed_subset_in_order(tiny_bert):
+    member = member_for(tiny_bert)
+    tokenizer = load_tokenizer(member.model.backbone)
+    dev = tokenize_member_data(synthetic_frames(20, 3), member, tokenizer).split("dev")
+    sets = selection_sets(dev, {"qqp": 7, "sts": 20})
+    again = selection_sets(dev, {"qqp": 7})
+    assert sets["sst"] is dev["sst"] and sets["sts"] is dev["sts"]  # uncapped / cap ≥ rows
+    picked = [int(i.removeprefix("dev")) for i in sets["qqp"].ids]
+    assert len(picked) == 7 == len(set(picked)) and picked == sorted(picked)
+    assert sets["qqp"].ids == again["qqp"].ids  # the same rows for every run
+    rows = np.array(picked)
+    np.testing.assert_array_equal(sets["qqp"].labels, dev["qqp"].labels[rows])
+    assert sets["qqp"].sequences[0] == [dev["qqp"].sequences[0][i] for i in picked]
+
+
+def test_best_epoch_picked_on_the_sample_is_scored_on_the_whole_dev_set(tiny_bert, tmp_path):
+    member = member_for(tiny_bert, select_rows={"qqp": 6, "sts": 8})
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(16, 4), member, tokenizer)
+    trainer = Trainer(member, data, tokenizer, tmp_path)
+    result = trainer.fit()
+    overall = [h["dev/overall"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(overall))  # picked on the sample's scores
+    assert result.select_metrics["overall"] == overall[result.best_epoch - 1]
+    # the best epoch's model, loaded afresh, scored on every dev row
+    best = MultitaskModel.from_pretrained(tmp_path / "best" / "model")
+    frames = {task: predict(best, d, 8, torch.device("cpu"), "fp32", tokenizer.pad_token_id)
+              for task, d in data.split("dev").items()}
+    labels = {task: d.labels for task, d in data.split("dev").items()}
+    assert result.best_metrics == pytest.approx(score_predictions(frames, labels, member.specs),
+                                                abs=1e-5)
+    for task in ("sst", "qqp", "sts"):
+        saved = pd.read_parquet(tmp_path / "best" / "predictions" / f"{task}_dev.parquet")
+        assert len(saved) == 16
+        np.testing.assert_allclose(saved["pred"], frames[task]["pred"], rtol=1e-5, atol=1e-6)
+    assert result.select_metrics != pytest.approx(result.best_metrics)
