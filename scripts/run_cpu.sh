@@ -55,7 +55,7 @@ time dvc exp run \
     -S train.batches_per_epoch=317 \
     -S train.schedule=annealed \
     -S model.head.dropout=0.1 \
-    -S 'train.select_rows={qqp:2000}' \
+    -S '++train.select_rows.qqp=2000' \
     -S train.batch_size=16 \
     -S train.num_threads=2 \
     -S train.precision=fp32 \
