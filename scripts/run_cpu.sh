@@ -46,6 +46,7 @@ time dvc exp run \
     ${sources[@]+"${sources[@]}"} \
     -S "augment.eda.wordnet_dir=$(realpath data/nltk_data)" \
     -S augment.reviews.per_label=100 \
+    -S augment.reviews.centroid_rows=300 \
     -S model.backbone=minilm \
     -S model.pooling=mean \
     -S model.pair_encoding=separate \

@@ -22,6 +22,7 @@ from pipeline.augment.reviews import (
     Reservoir,
     ReviewsError,
     apportion,
+    centroid_sample,
     centroid_similarity,
     clean_text,
     embed_cached,
@@ -441,3 +442,28 @@ def test_minilm_centroids_separate_sentiment(cs224n_dir):
                        "A dull, stupid mess of a film."])
     assert (positive @ c[4] > positive @ c[0]).all()
     assert (negative @ c[0] > negative @ c[4]).all()
+
+
+def test_centroids_from_a_seeded_sample_of_each_label(tmp_path):
+    path = reviews_file(tmp_path)
+    sst = sst_table()  # labels 0 and 1 have 4 sentences, labels 2-4 have 2
+    labels = sst.label.to_numpy(dtype=np.int64)
+    rows = centroid_sample(labels, 3, seed=5)
+    assert np.bincount(labels[rows]).tolist() == [3, 3, 2, 2, 2]
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert rows.tolist() == centroid_sample(labels, 3, seed=5).tolist()
+    assert centroid_sample(labels, None, seed=5).tolist() == list(range(len(sst)))
+    cfg = ReviewsConfig(per_label=8, length_bins=2, max_candidates_per_label=None,
+                        centroid_rows=3)
+    enc = CountingEncoder()
+    mined = mine_reviews(sst, [path], cfg, enc, cache_dir=None, progress=False)
+    assert mined.report["newly_embedded"]["sst"] == 12  # not all 14 SST sentences
+    # the kept reviews are those nearest the centroids of the sampled rows
+    used = centroid_sample(labels, 3, seed=cfg.seed)
+    centroids = label_centroids(fake_encode(list(sst.sentence.iloc[used])), labels[used])
+    kept = mined.table
+    emb = fake_encode(list(kept["sentence"]))
+    np.testing.assert_allclose(
+        kept["score"].to_numpy(dtype=np.float64),
+        centroid_similarity(emb, kept["label"].to_numpy(dtype=np.int64), centroids), rtol=1e-5)
+    assert (mined.review_map["group"] == "sst").sum() == 12

@@ -738,6 +738,17 @@ def cache_dir_for(root: str | Path, encoder: str) -> Path:
 # --- centroid selection -----------------------------------------------------------------
 
 
+def centroid_sample(labels: np.ndarray, per_label: int | None, seed: int) -> np.ndarray:
+    """Row indices whose embeddings make the label centroids: up to ``per_label`` rows of each
+    label, a seeded uniform sample, in table order (None: every row)."""
+    if per_label is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(rows, size=per_label, replace=False) if len(rows) > per_label else rows
+            for rows in (np.flatnonzero(labels == label) for label in range(N_LABELS))]
+    return np.sort(np.concatenate(keep))
+
+
 def label_centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """c_l = mean of the embeddings of label l, scaled to unit norm; shape (N_LABELS, dim)."""
     labels = np.asarray(labels)
@@ -942,8 +953,10 @@ def mine_reviews(
         for lab in range(N_LABELS) for b in range(targets.n_bins)
     }
     if cfg.selection == "centroid":
-        sst_emb, sst_encoded = embed_cached(list(sst["sentence"]), encode, cache_dir)
-        centroids = label_centroids(sst_emb, sst_labels)
+        rows = centroid_sample(sst_labels, cfg.centroid_rows, cfg.seed)
+        centroid_labels = sst_labels[rows]
+        sst_emb, sst_encoded = embed_cached(list(sst["sentence"].iloc[rows]), encode, cache_dir)
+        centroids = label_centroids(sst_emb, centroid_labels)
         cand_emb, cand_encoded = embed_cached([r.text for r in candidates], encode, cache_dir)
         scores = (
             centroid_similarity(cand_emb, cand_labels, centroids) if candidates else np.zeros(0)
@@ -997,7 +1010,7 @@ def mine_reviews(
         points = empty_review_map()  # nothing was embedded
     else:
         kept_emb = cand_emb[kept] if len(kept) else np.zeros((0, sst_emb.shape[1]), np.float32)
-        points = review_map(sst_emb, sst_labels, kept_emb, cand_labels[kept], cfg.seed)
+        points = review_map(sst_emb, centroid_labels, kept_emb, cand_labels[kept], cfg.seed)
     return MinedReviews(table=table, review_map=points, report=report)
 
 
