@@ -103,9 +103,6 @@ class ModelConfig:
     # `separate` only: pair tasks scored by the cosine of their two embeddings (model.py's
     # CosineHead) instead of an MLP over pair_features.
     cosine_heads: list[str] = field(default_factory=list)
-    # The backbone's word-embedding matrix left as pretrained: no gradient, no optimiser state
-    # (MiniLM's is half its weights; on CPU a step is ~15% faster without it).
-    freeze_word_embeddings: bool = False
     max_length: Annotated[int, Range(ge=4)] = 128  # [CLS] a [SEP] b [SEP] at the least
     head: HeadConfig = field(default_factory=HeadConfig)
 

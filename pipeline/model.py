@@ -181,8 +181,6 @@ class MultitaskModel(nn.Module):
         self.tokenizer = None
         self.backbone = drop_pooler(backbone) if backbone is not None else load_backbone(
             cfg.backbone)
-        if cfg.freeze_word_embeddings:
-            self.backbone.get_input_embeddings().weight.requires_grad_(False)
         dim = self.backbone.config.hidden_size
         self.attention_pool = AttentionPooling(dim) if cfg.pooling == "attention" else None
         combined = len(cfg.pair_features) * dim if cfg.pair_encoding == "separate" else dim

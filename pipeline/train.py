@@ -210,7 +210,7 @@ class Trainer:
                                          self.cfg.warmup_ratio)
         self.pcgrad = None
         self.pcgrad_generator = torch.Generator()
-        params = [q for q in self.model.parameters() if q.requires_grad]
+        params = list(self.model.parameters())
         if member.pcgrad.enabled:
             self.pcgrad = PCGrad(self.model.shared_parameters(), member.tasks,
                                  self.pcgrad_generator)

@@ -318,23 +318,3 @@ def test_best_epoch_picked_on_the_sample_is_scored_on_the_whole_dev_set(tiny_ber
         assert len(saved) == 16
         np.testing.assert_allclose(saved["pred"], frames[task]["pred"], rtol=1e-5, atol=1e-6)
     assert result.select_metrics != pytest.approx(result.best_metrics)
-
-
-def test_frozen_word_embeddings_stay_as_pretrained(tiny_bert, tmp_path):
-    member = member_for(tiny_bert, epochs=1)
-    member = dataclasses.replace(member, model=dataclasses.replace(
-        member.model, freeze_word_embeddings=True))
-    tokenizer = load_tokenizer(member.model.backbone)
-    data = tokenize_member_data(synthetic_frames(12, 7), member, tokenizer)
-    trainer = Trainer(member, data, tokenizer, tmp_path)
-    words = trainer.model.backbone.get_input_embeddings().weight
-    before = trained_state(trainer)
-    trainer.fit()
-    after = trained_state(trainer)
-    name = next(k for k in before if k.endswith("word_embeddings.weight"))
-    assert torch.equal(before[name], after[name])
-    assert not torch.equal(before["backbone.embeddings.position_embeddings.weight"],
-                           after["backbone.embeddings.position_embeddings.weight"])
-    assert all(p is not words for group in trainer.optimizer.param_groups
-               for p in group["params"])
-    assert all(p is not words for p in trainer.model.shared_parameters())
