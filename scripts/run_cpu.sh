@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole DAG, CPU-sized (~15 minutes on 2 cores): one multitask member on the MiniLM sentence
-# encoder, each pair's sentences encoded apart (STS scored by their cosine), tasks sampled from
-# in proportion to their size annealed towards uniform (Stickland & Murray), 3 × 317 batches at
+# encoder, each pair's sentences encoded apart (STS scored by their cosine), tasks sampled in
+# proportion to their size annealed towards uniform (Stickland & Murray), 3 × 317 batches at
 # lr 1e-4, heads' dropout 0.1, the best epoch picked on a fixed 2,000-pair QQP dev sample and
 # scored on the whole dev set once; fp32 (bf16 autocast is 2.3× slower on CPUs without
 # AVX512-BF16), no SMART. The paper's GPU recipe (params.yaml: bert-base, SMART(10), CS*
