@@ -1,4 +1,5 @@
-"""One shared BERT-family encoder, a pooler and one MLP head per task.
+"""One shared BERT-family encoder, a pooler and one head per task (an MLP, or for a separately
+encoded pair task named in ``model.cosine_heads`` an affine map of cos(u, v)).
 
 Pairs are encoded either as one sequence, ``[CLS] a [SEP] b [SEP]`` (``concat``; BEST-FiT's
 "sentence concatenation", SC), or each sentence alone, pooled to u and v, and combined as the
