@@ -812,12 +812,18 @@ def fetch_source(source: str, cache_dir: Path, tasks: dict[str, TaskSpec] | None
     return cache_dir
 
 
+def capped_index(rows: int, cap: int | None, seed: int) -> np.ndarray | None:
+    """A seeded uniform sample of ``cap`` of ``rows`` row indices without replacement, in
+    order; None when the cap keeps every row."""
+    if cap is None or cap >= rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(rows, size=cap, replace=False))
+
+
 def cap_rows(table: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     """A seeded uniform sample of ``cap`` rows without replacement, in file order."""
-    if cap is None or cap >= len(table):
-        return table
-    keep = np.sort(np.random.default_rng(seed).choice(len(table), size=cap, replace=False))
-    return table.iloc[keep].reset_index(drop=True)
+    keep = capped_index(len(table), cap, seed)
+    return table if keep is None else table.iloc[keep].reset_index(drop=True)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pipeline.batching import (
 )
 from pipeline.checkpoint import CheckpointError, config_fingerprint, load_state, save_state
 from pipeline.config import MemberConfig
+from pipeline.data import capped_index
 from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
 from pipeline.errors import UserError
@@ -122,12 +123,8 @@ def selection_sets(dev: dict[str, TokenizedTask], select_rows: dict[str, int]
     and variant picks its best epoch on the same rows)."""
     sets = {}
     for task, data in dev.items():
-        cap = select_rows.get(task)
-        if cap is None or cap >= len(data):
-            sets[task] = data
-        else:
-            rng = np.random.default_rng(SELECT_SEED)
-            sets[task] = data.take(np.sort(rng.choice(len(data), size=cap, replace=False)))
+        keep = capped_index(len(data), select_rows.get(task), SELECT_SEED)
+        sets[task] = data if keep is None else data.take(keep)
     return sets
 
 
