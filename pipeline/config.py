@@ -141,12 +141,16 @@ class TrainConfig:
     batch_size: Positive = 16
     eval_batch_size: Positive = 128
     lr: Rate = 1e-5
+    head_lr_scale: Rate = 1.0  # heads and pooling (not the pretrained backbone) at lr × this
     betas: list[Probability] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: Weight = 0.1
     warmup_ratio: Probability = 0.1
     max_grad_norm: Weight = 1.0  # 0: no clipping
     schedule: Literal["round_robin", "random", "annealed", "custom"] = "custom"
     custom: CustomScheduleConfig = field(default_factory=CustomScheduleConfig)
+    # random/annealed: task i is drawn with p_i ∝ w_i · (its schedule's weight), w_i from here
+    # (default 1), e.g. {sts: 0.6} to spend fewer steps on a task that starts near its peak.
+    sampling_weights: dict[str, Rate] = field(default_factory=dict)
     length_grouping: bool = True
     # bf16 autocast; fp16 autocast with a dynamic loss scale (GPUs without fast bf16: T4, V100);
     # fp32 as is.
@@ -432,6 +436,12 @@ def _check_section_tasks(built: Mapping[str, Any], prefix: str, known: Mapping[s
     _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights", known)
     _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda", known)
     _check_task_keys(built["train"].select_rows, f"{prefix}train.select_rows", known)
+    train = built["train"]
+    _check_task_keys(train.sampling_weights, f"{prefix}train.sampling_weights", known)
+    if train.sampling_weights and train.schedule not in ("random", "annealed"):
+        raise ConfigError(f"{prefix}train.sampling_weights: {dict(train.sampling_weights)} weigh "
+                          f"the random and annealed schedules' draws; train.schedule is "
+                          f"{train.schedule!r}")
     model = built["model"]
     _check_task_keys(dict.fromkeys(model.cosine_heads), f"{prefix}model.cosine_heads", known)
     if model.cosine_heads and model.pair_encoding != "separate":

@@ -189,15 +189,16 @@ def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
     weights = {t: s.overall_weight for t, s in member.specs.items()}
     mean = ("the mean" if set(weights.values()) == {1.0}
             else f"the mean weighted by {weights}")
+    # train.select_rows may be a global knob naming tasks this member does not train.
+    sampled = {t: n for t, n in member.train.select_rows.items() if t in member.tasks}
     lines += ["", f"`overall` = {mean} of the task terms ({terms}) "
               f"over this member's tasks. The checkpoint kept is the epoch with the best dev "
               f"`{member.train.select_by}`"
               + (f" (epoch {metrics['best_epoch']} of {member.train.epochs})"
                  if "best_epoch" in metrics else "")
               + (" on a fixed sample of the dev rows ("
-                 + ", ".join(f"{t}: {n}" for t, n in member.train.select_rows.items())
-                 + "); its model was then scored on the whole dev set"
-                 if member.train.select_rows else "")
+                 + ", ".join(f"{t}: {n}" for t, n in sampled.items())
+                 + "); its model was then scored on the whole dev set" if sampled else "")
               + ", so these dev scores are optimistic estimates of unseen-data performance."]
     return lines
 
@@ -236,7 +237,10 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
         ("max length", f"{member.model.max_length} tokens"),
         ("schedule", _schedule_text(member)),
         ("batch size", str(train.batch_size)),
-        ("optimiser", f"AdamW, lr {train.lr:g}, betas {tuple(train.betas)}, weight decay "
+        ("optimiser", f"AdamW, lr {train.lr:g}"
+                      + (f" (heads {train.lr * train.head_lr_scale:g})"
+                         if train.head_lr_scale != 1 else "")
+                      + f", betas {tuple(train.betas)}, weight decay "
                       f"{train.weight_decay:g}, {train.warmup_ratio:.0%} linear warmup then "
                       f"linear decay, gradient clipping {train.max_grad_norm:g}"),
         ("precision", "bf16 autocast (heads in fp32)" if train.precision == "bf16" else "fp32"),

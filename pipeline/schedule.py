@@ -9,6 +9,8 @@ N_i being the number of batches in task i's training data.
 - ``annealed`` (Stickland & Murray 2019, "BERT and PALs"): every step draws task i with
   p_i ∝ N_i^α, α = 1 − 0.8·(e − 1)/(E − 1) for epoch e of E, so sampling starts proportional
   to dataset size and ends close to uniform.
+- ``train.sampling_weights`` w_i (default 1) reweigh the draws of ``random`` and ``annealed``:
+  p_i ∝ w_i · p_i, renormalised (jiant's and MT-DNN's fixed task mixing weights).
 - ``custom`` (BEST-FiT §4.4): for the first ``custom.epochs`` epochs only ``custom.task`` is
   trained, each epoch one full pass over a seeded ``custom.fraction`` of its data whatever
   ``batches_per_epoch`` says (the phase is meant to cover that fraction, at the cost of a longer
@@ -87,6 +89,9 @@ def epoch_tasks(cfg: TrainConfig, batches_per_task: dict[str, int], epoch: int,
         probs = np.array([table[t] for t in tasks])
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    if cfg.sampling_weights:
+        probs = probs * np.array([cfg.sampling_weights.get(t, 1.0) for t in tasks])
+        probs = probs / probs.sum()
     return [tasks[i] for i in rng.choice(len(tasks), size=total, p=probs)]
 
 

@@ -526,3 +526,15 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_winning(tmp_path):
         load_params(path)
     assert str(info.value) == (f"{path}: line 4: key 'lr' appears twice in one mapping (first "
                                f"on line 2); keep one")
+
+
+def test_sampling_weights_name_real_tasks_and_a_sampled_schedule(raw):
+    raw["train"].update(schedule="annealed", sampling_weights={"sst": 1.5, "stsb": 0.5})
+    assert "params.yaml: train.sampling_weights: unknown task(s) ['stsb']" in error_of(raw)
+    raw["train"].update(schedule="round_robin", sampling_weights={"sts": 0.5})
+    assert ("train.sampling_weights: {'sts': 0.5} weigh the random and annealed schedules' "
+            "draws; train.schedule is 'round_robin'") in error_of(raw)
+    raw["train"].update(schedule="annealed", sampling_weights={"sts": 0.0})
+    assert "sampling_weights" in error_of(raw)
+    raw["train"]["sampling_weights"] = {"sts": 0.5}
+    assert parse_params(raw).models["plain"].train.sampling_weights == {"sts": 0.5}

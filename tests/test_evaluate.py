@@ -186,21 +186,27 @@ def test_predict_empty_task(tiny_bert, tokenizer):
     assert list(frame.columns) == ["id", "pred", "p0", "p1", "p2", "p3", "p4"]
 
 
-@pytest.mark.parametrize("n", [0, 1, 5])
+@pytest.mark.parametrize("n, repeats", [(0, False), (1, False), (5, False), (5, True)])
 def test_separate_pairs_embed_each_sentence_once_and_count_pairs(tiny_bert, tokenizer, n,
-                                                                 monkeypatch):
+                                                                 repeats, monkeypatch):
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=str(tiny_bert), pair_encoding="separate", pooling="mean",
                       cosine_heads=["sts"])
     model = MultitaskModel(cfg, ["qqp", "sts"]).eval()
-    data = tokenize_task("sts", frame_for("sts").iloc[:n], tokenizer, 128, "separate")
+    frame = frame_for("sts").iloc[:n].copy()
+    if repeats:  # a sentence on both sides, one twice on the left, one on both of a pair
+        frame.loc[frame.index[1], "sentence2"] = frame["sentence1"].iloc[0]
+        frame.loc[frame.index[3], "sentence1"] = frame["sentence1"].iloc[2]
+        frame.loc[frame.index[4], "sentence2"] = frame["sentence1"].iloc[4]
+    data = tokenize_task("sts", frame, tokenizer, 128, "separate")
     embedded, counted = [], []
     original = MultitaskModel.embed
     monkeypatch.setattr(MultitaskModel, "embed", lambda self, enc, emb=None: embedded.append(
         len(enc["input_ids"])) or original(self, enc, emb))
     frame = predict(model, data, batch_size=2, device=CPU, precision="fp32", pad_id=0,
                     progress=counted.append)
-    assert sum(embedded) == 2 * n and sum(counted) == n  # 2n sentences, reported as n pairs
+    # The distinct sentences (2n, less 3 repeats), reported as n pairs.
+    assert sum(embedded) == 2 * n - 3 * repeats and sum(counted) == n
     assert frame["id"].tolist() == data.ids
     monkeypatch.setattr(MultitaskModel, "embed", original)
     reference = [one_at_a_time(model, data, i).item() for i in range(n)]

@@ -203,3 +203,18 @@ def test_the_card_names_cosine_heads_and_the_selection_sample():
     assert "a·cos(u, v) + b" not in rows["Paraphrase detection (Quora Question Pairs)"]
     assert ("epoch 7 of 12) on a fixed sample of the dev rows (qqp: 2000); its model was then "
             "scored on the whole dev set") in " ".join(body.split())
+
+
+@pytest.mark.parametrize("scale, text", [(1.0, "AdamW, lr 2e-05, betas"),
+                                         (50.0, "AdamW, lr 2e-05 (heads 0.001), betas")])
+def test_the_card_gives_the_heads_learning_rate_when_it_differs(scale, text):
+    member = parse_params(params("minilm", head_lr_scale=scale)).models["multitask"]
+    _, body = split_card(model_card(member, METRICS))
+    assert text in body
+
+
+def test_a_selection_sample_of_another_members_task_is_not_claimed():
+    raw = params("minilm", select_rows={"qqp": 2000})
+    member = parse_params(raw).models["sst_single"]
+    _, body = split_card(model_card(member, METRICS))
+    assert "sample of the dev rows" not in body and "dev `overall`" in " ".join(body.split())

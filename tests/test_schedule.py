@@ -158,6 +158,25 @@ def test_annealed_full_pass_length():
     assert len(order) == sum(SIZES.values())
 
 
+def test_sampling_weights_reweigh_the_random_and_annealed_draws():
+    # random: (1, 1, 1) · (2, 1, 0.5) → (2, 1, 0.5) / 3.5
+    order = epoch_tasks(config("random", 30_000, sampling_weights={"sst": 2.0, "sts": 0.5}),
+                        SIZES, 1, rng(5))
+    assert_frequencies(order, {"sst": 2 / 3.5, "qqp": 1 / 3.5, "sts": 0.5 / 3.5})
+    # annealed, epoch 1 (α = 1): (534, 844, 378) · (1, 0.5, 2) → (534, 422, 756) / 1712
+    order = epoch_tasks(config("annealed", 30_000, epochs=10,
+                               sampling_weights={"qqp": 0.5, "sts": 2.0}), SIZES, 1, rng(6))
+    assert_frequencies(order, {"sst": 534 / 1712, "qqp": 422 / 1712, "sts": 756 / 1712})
+
+
+def test_no_sampling_weights_draw_exactly_as_before():
+    # Unit weights renormalise the same probabilities: the same draws, step for step.
+    plain = epoch_tasks(config("annealed", 2_000, epochs=3), SIZES, 2, rng(7))
+    ones = epoch_tasks(config("annealed", 2_000, epochs=3,
+                              sampling_weights=dict.fromkeys(TASKS, 1.0)), SIZES, 2, rng(7))
+    assert plain == ones
+
+
 # --- custom (BEST-FiT: QQP first) --------------------------------------------------------------
 
 
