@@ -139,15 +139,19 @@ def duration(seconds: float) -> str:
 
 class RunClock:
     """The ETA of the whole run: the steps left at this process's seconds per training step,
-    plus the dev evaluations left at their mean so far."""
+    plus the dev evaluations left at their mean so far, plus, under ``train.select_rows``, the
+    best epoch's scoring on the whole dev set: a per-epoch evaluation's mean time scaled by
+    ``final_eval_ratio``, the whole dev set's rows over the sample's."""
 
-    def __init__(self, plan: EpochPlan, start_epoch: int, steps_done: int):
+    def __init__(self, plan: EpochPlan, start_epoch: int, steps_done: int,
+                 final_eval_ratio: float = 0.0):
         self.plan = plan
         self.epochs_left = len(plan.tasks) - start_epoch
         self.steps_left = sum(len(t) for t in plan.tasks[start_epoch:]) - steps_done
         self.train_seconds = self.eval_seconds = 0.0
         self.steps = self.evals = 0
         self._steps_done = steps_done
+        self.final_eval_ratio = final_eval_ratio
 
     def trained(self, epoch: int, seconds: float) -> None:
         steps = len(self.plan.tasks[epoch - 1]) - self._steps_done
@@ -164,12 +168,18 @@ class RunClock:
     def eta(self) -> float:
         per_step = self.train_seconds / max(1, self.steps)
         per_eval = self.eval_seconds / max(1, self.evals)
-        return self.steps_left * per_step + self.epochs_left * per_eval
+        return (self.steps_left * per_step
+                + (self.epochs_left + self.final_eval_ratio) * per_eval)
 
     def summary(self) -> str:
         took = self.train_seconds + self.eval_seconds
-        return (f"{duration(took)} so far (dev eval {duration(self.eval_seconds)})"
-                + (f", ETA {duration(self.eta())}" if self.epochs_left else ", done"))
+        if self.epochs_left:
+            left = f", ETA {duration(self.eta())}"
+        elif self.final_eval_ratio:
+            left = f", ETA {duration(self.eta())} (scoring the best epoch on the whole dev set)"
+        else:
+            left = ", done"
+        return f"{duration(took)} so far (dev eval {duration(self.eval_seconds)})" + left
 
 
 class Trainer:
@@ -506,7 +516,10 @@ class Trainer:
         start_epoch, progress = self._load_checkpoint()
         self.world.barrier()  # rank 0 may have removed a stale best/ meanwhile
         result = self.result
-        clock = RunClock(self.plan, start_epoch, progress.steps_done if progress else 0)
+        dev_rows = sum(len(d) for d in self.data.split("dev").values())
+        select_rows = max(1, sum(len(d) for d in self.select_sets.values()))
+        clock = RunClock(self.plan, start_epoch, progress.steps_done if progress else 0,
+                         dev_rows / select_rows if self.sampled else 0.0)
         for past in result.history:
             self._log(past)
         select = self.cfg.select_by

@@ -28,8 +28,8 @@ from pipeline.model import (
 from pipeline.objective import task_step_loss
 from pipeline.optim import warmup_linear_decay
 from pipeline.pcgrad import PCGRAD_STEPS_FILE
-from pipeline.schedule import plan_epochs
-from pipeline.train import Trainer, selection_sets
+from pipeline.schedule import EpochPlan, plan_epochs
+from pipeline.train import RunClock, Trainer, selection_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the movie is very good bad great boring fun plot story acting".split()
@@ -72,6 +72,24 @@ def test_warmup_linear_decay_by_hand():
     factor = warmup_linear_decay(total_steps=10, warmup_ratio=0.2)  # 2 warmup steps
     assert [factor(s) for s in range(11)] == pytest.approx(
         [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
+
+
+def test_run_clock_eta_by_hand_including_the_whole_dev_scoring():
+    plan = EpochPlan(tasks=[["sst"] * 10, ["sst"] * 10], subsets=[{}, {}])
+    clock = RunClock(plan, start_epoch=0, steps_done=0, final_eval_ratio=5.0)
+    clock.trained(1, 20.0)  # 2 s a step
+    clock.evaluated(3.0)
+    # 10 steps × 2 s + (1 evaluation + 5 × one evaluation's rows at the end) × 3 s
+    assert clock.eta() == pytest.approx(10 * 2 + 6 * 3)
+    assert clock.summary() == "23 s so far (dev eval 3 s), ETA 38 s"
+    clock.trained(2, 20.0)
+    clock.evaluated(5.0)  # mean evaluation 4 s
+    assert clock.eta() == pytest.approx(5 * 4)
+    assert clock.summary().endswith(", ETA 20 s (scoring the best epoch on the whole dev set)")
+    plain = RunClock(plan, start_epoch=1, steps_done=4)  # resumed in epoch 2, no sample
+    plain.trained(2, 12.0)
+    plain.evaluated(1.0)
+    assert plain.summary() == "13 s so far (dev eval 1 s), done"
 
 
 def test_plan_custom_schedule_trains_a_fixed_fraction_then_round_robin(tiny_bert):
