@@ -435,8 +435,8 @@ def _check_section_tasks(built: Mapping[str, Any], prefix: str, known: Mapping[s
     """Per-task maps must name real tasks: a typo would silently leave a knob at its default."""
     _check_task_keys(built["loss"].task_weights, f"{prefix}loss.task_weights", known)
     _check_task_keys(built["smart"].task_lambda, f"{prefix}smart.task_lambda", known)
-    _check_task_keys(built["train"].select_rows, f"{prefix}train.select_rows", known)
     train = built["train"]
+    _check_task_keys(train.select_rows, f"{prefix}train.select_rows", known)
     _check_task_keys(train.sampling_weights, f"{prefix}train.sampling_weights", known)
     if train.sampling_weights and train.schedule not in ("random", "annealed"):
         raise ConfigError(f"{prefix}train.sampling_weights: {dict(train.sampling_weights)} weigh "

@@ -50,7 +50,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import ReviewsConfig
-from pipeline.data import augmented_table
+from pipeline.data import augmented_table, capped_index
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
@@ -743,9 +743,11 @@ def centroid_sample(labels: np.ndarray, per_label: int | None, seed: int) -> np.
     label, a seeded uniform sample, in table order (None: every row)."""
     if per_label is None:
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.choice(rows, size=per_label, replace=False) if len(rows) > per_label else rows
-            for rows in (np.flatnonzero(labels == label) for label in range(N_LABELS))]
+    keep = []
+    for label in range(N_LABELS):
+        rows = np.flatnonzero(labels == label)
+        sample = capped_index(len(rows), per_label, seed)
+        keep.append(rows if sample is None else rows[sample])
     return np.sort(np.concatenate(keep))
 
 
