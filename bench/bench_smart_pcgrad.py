@@ -10,7 +10,8 @@ copy of the same initial model (fp32 master weights, whatever dtype a DIR stores
 
 - plain:  SST, QQP and STS losses, one backward each (grads add up), clipping, AdamW step;
 - smart:  the same with λ·R_s (T = 1, the paper's defaults) in every task's loss,
-  ``smart.perturbation: normalize`` (the default: the paper's code);
+  ``smart.perturbation: normalize`` (the default: the paper's code) at the embedding layer's
+  output (``smart.perturb_at: embeddings``, the default);
 - smart-project: the same with Jiang et al.'s ε-ball (``perturbation: project``), gradient
   through f(x̃) and f(x);
 - smart-project-vat: that with f(x) a constant target (``smart.clean_grad: false``);
@@ -25,7 +26,9 @@ shared parameters, and the process's max RSS.
 
 Then the size of R_s on one batch per task at the paper's defaults (T = 1, ε = 1e-6, η = 1e-3,
 σ² = 1e-5), as the trainer computes it (model in train mode, ``output`` the task loss's own
-dropout-on pass): under ``normalize`` and ``project``, each also divided by the task loss, and
+dropout-on pass), at both perturbation points (``embeddings``, ``word_embeddings``), with how
+much of each token's direction normalize's noise leaves at the encoder's input: under
+``normalize`` and ``project``, each also divided by the task loss, and
 under ``project`` at ε = η = 1, a radius like normalize's; beside them the dropout disagreement
 ℓ_s(f_train(x), f_eval(x)), which normalize's target carries, and the task loss — in fp32 and
 bf16 autocast.
@@ -67,7 +70,14 @@ from pipeline.model import MultitaskModel, load_tokenizer
 from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer
 from pipeline.pcgrad import PCGrad
-from pipeline.smart import eval_mode, smart_regularizer, smoothness_loss
+from pipeline.smart import (
+    eval_mode,
+    initial_noise,
+    perturbable,
+    recorded_outputs,
+    smart_regularizer,
+    smoothness_loss,
+)
 
 TASKS = ["sst", "qqp", "sts"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cs224n"
@@ -174,31 +184,63 @@ SMART_SETTINGS = {
 }
 
 
+def encoder_input_cosines(model: MultitaskModel, batch, point: str) -> torch.Tensor:
+    """cos(encoder input with δ, clean encoder input) per real token, δ = normalize's initial
+    step: Gaussian noise rescaled to ∞-norm 1 per token, added at ``point``."""
+    layer = model.perturbation_point("embeddings")
+    generator = torch.Generator(device=batch.inputs[0]["input_ids"].device).manual_seed(0)
+
+    def run() -> torch.Tensor:
+        return model(batch.task, batch.inputs)
+
+    with torch.no_grad(), eval_mode(model):
+        _, clean, _ = perturbable(run, layer)
+        _, x, forward = perturbable(run, model.perturbation_point(point))
+        moved = [e + smart_step_noise(e, generator) for e in x]
+        if point != "embeddings":  # what the embedding layer makes of the perturbed lookup
+            with recorded_outputs(layer) as moved_inputs:
+                forward(moved)
+            moved = moved_inputs
+    masks = [enc["attention_mask"].bool() for enc in batch.inputs]
+    return torch.cat([torch.nn.functional.cosine_similarity(m[k], c[k], dim=-1)
+                      for m, c, k in zip(moved, clean, masks, strict=True)])
+
+
+def smart_step_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    z = initial_noise(like, generator)
+    return z / z.abs().amax(-1, keepdim=True)
+
+
 def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -> None:
     print("\nR_s per task on one batch as the trainer computes it (T = 1, σ² = 1e-5, ε = 1e-6, "
-          "η = 1e-3 unless named), and R_s / task loss")
-    print(f"{'task':5} {'precision':9} "
+          "η = 1e-3 unless named), and R_s / task loss, at each perturbation point "
+          "(smart.perturb_at); cos: a token's encoder input perturbed by normalize's unit noise "
+          "against its clean self (median over the batch's tokens)")
+    print(f"{'task':5} {'precision':9} {'point':15} "
           + " ".join(f"{'R_s ' + name:>15} {'/ loss':>8}" for name in SMART_SETTINGS)
-          + f" {'dropout ℓ_s':>12} {'task loss':>10}")
+          + f" {'dropout ℓ_s':>12} {'task loss':>10} {'cos':>5}")
     for task in TASKS:
         batch = step[task].to(device)
         masks = [enc["attention_mask"] for enc in batch.inputs]
         for precision in ("fp32", "bf16"):
-            with autocast(device, precision):
-                model.train()
-                output = model(task, batch.inputs)
-                with torch.no_grad(), eval_mode(model):
-                    clean = model(task, batch.inputs)
-                values = [smart_regularizer(
-                    lambda e, b=batch, t=task: model(t, b.inputs, inputs_embeds=e),
-                    model.input_embeddings(batch.inputs), masks, task, cfg, model,
-                    torch.Generator(device=device).manual_seed(0), output=output).item()
-                    for cfg in SMART_SETTINGS.values()]
-                dropout = smoothness_loss(task, output, clean).item()
-                loss = task_loss(task, output, batch.labels, 0.0).item()
-            print(f"{task:5} {precision:9} "
-                  + " ".join(f"{v:15.3e} {v / loss:8.1e}" for v in values)
-                  + f" {dropout:12.3e} {loss:10.3f}")
+            for point in ("embeddings", "word_embeddings"):
+                with autocast(device, precision):
+                    model.train()
+                    output, embeds, forward = perturbable(
+                        lambda b=batch, t=task: model(t, b.inputs),
+                        model.perturbation_point(point))
+                    with torch.no_grad(), eval_mode(model):
+                        clean = model(task, batch.inputs)
+                    values = [smart_regularizer(
+                        forward, embeds, masks, task, dataclasses.replace(cfg, perturb_at=point),
+                        model, torch.Generator(device=device).manual_seed(0),
+                        output=output).item() for cfg in SMART_SETTINGS.values()]
+                    dropout = smoothness_loss(task, output, clean).item()
+                    loss = task_loss(task, output, batch.labels, 0.0).item()
+                cos = encoder_input_cosines(model, batch, point).median().item()
+                print(f"{task:5} {precision:9} {point:15} "
+                      + " ".join(f"{v:15.3e} {v / loss:8.1e}" for v in values)
+                      + f" {dropout:12.3e} {loss:10.3f} {cos:5.2f}")
 
 
 def main() -> None:

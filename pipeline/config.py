@@ -192,6 +192,9 @@ class SmartConfig:
     # normalize: smart-pytorch's unit-norm perturbation per token, which the paper ran; project:
     # Jiang et al.'s ε-ball. ε, σ² and the λ scale mean different things in each (smart.py).
     perturbation: Literal["normalize", "project"] = "normalize"
+    # Where δ is added: the embedding layer's output (word + position + type → LayerNorm, the
+    # encoder's input: what minBERT's embed() returns) or the word embeddings before them.
+    perturb_at: Literal["embeddings", "word_embeddings"] = "embeddings"
     epsilon: Rate = 1e-6
     step_size: Rate = 1e-3
     noise_var: Rate = 1e-5

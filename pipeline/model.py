@@ -166,9 +166,8 @@ class MultitaskModel(nn.Module):
     sentence and for a concatenated pair, two for a separately encoded pair) and returns a
     classification task's logits (B, N), or one value per example (B,) for a binary task (a
     logit) and a regression (the value), always float32. ``tasks`` are TaskSpecs or the names
-    of the default CS224N tasks.
-    ``inputs_embeds`` replaces the word embeddings of each sequence: regularizers such as SMART
-    perturb them.
+    of the default CS224N tasks. SMART reads and replaces the output of
+    :meth:`perturbation_point` with forward hooks (``pipeline.smart``).
     """
 
     def __init__(self, cfg: ModelConfig, tasks: list[TaskSpec | str],
@@ -231,26 +230,27 @@ class MultitaskModel(nn.Module):
         model.member = member
         return model.eval().to(device)
 
-    def input_embeddings(self, inputs: list[Encoding]) -> list[Tensor]:
-        """The backbone's word embeddings of each sequence (the point SMART perturbs)."""
-        embed = self.backbone.get_input_embeddings()
-        return [embed(enc["input_ids"]) for enc in inputs]
+    def perturbation_point(self, where: str) -> nn.Module:
+        """The backbone module whose output SMART perturbs, once per encoded sequence:
+        ``embeddings``, the embedding layer (word + position + token type → LayerNorm → dropout:
+        the encoder's input, what minBERT's ``embed()`` returns), or ``word_embeddings``, the
+        token lookup before the rest of that layer."""
+        if where == "word_embeddings":
+            return self.backbone.get_input_embeddings()
+        layer = getattr(self.backbone, "embeddings", None)
+        if where != "embeddings" or not isinstance(layer, nn.Module):
+            raise ConfigError(f"smart.perturb_at: {where!r}: the backbone "
+                              f"{type(self.backbone).__name__} has no such module; expected "
+                              f"embeddings (its `embeddings` layer) or word_embeddings")
+        return layer
 
-    def embed(self, enc: Encoding, inputs_embeds: Tensor | None = None) -> Tensor:
+    def embed(self, enc: Encoding) -> Tensor:
         """Pooled sentence (or pair) vector of one encoded sequence."""
-        kwargs = {k: v for k, v in enc.items() if k != "input_ids"}
-        if inputs_embeds is None:
-            kwargs["input_ids"] = enc["input_ids"]
-        else:
-            kwargs["inputs_embeds"] = inputs_embeds
-        hidden = self.backbone(**kwargs).last_hidden_state
+        hidden = self.backbone(**enc).last_hidden_state
         return pool(hidden, enc["attention_mask"], self.cfg.pooling, self.attention_pool)
 
-    def features(self, task: str, inputs: list[Encoding],
-                 inputs_embeds: list[Tensor] | None = None) -> Tensor:
-        embeds = inputs_embeds or [None] * len(inputs)
-        return self.combine(task, [self.embed(enc, emb)
-                                   for enc, emb in zip(inputs, embeds, strict=True)])
+    def features(self, task: str, inputs: list[Encoding]) -> Tensor:
+        return self.combine(task, [self.embed(enc) for enc in inputs])
 
     def combine(self, task: str, vectors: list[Tensor]) -> Tensor:
         """The head's input from the pooled vectors: a sentence's (or concatenated pair's)
@@ -269,9 +269,8 @@ class MultitaskModel(nn.Module):
             out = self.heads[task](features.float())
         return out if self.specs[task].kind == "classification" else out.squeeze(-1)
 
-    def forward(self, task: str, inputs: list[Encoding],
-                inputs_embeds: list[Tensor] | None = None) -> Tensor:
-        return self.score(task, self.features(task, inputs, inputs_embeds))
+    def forward(self, task: str, inputs: list[Encoding]) -> Tensor:
+        return self.score(task, self.features(task, inputs))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches: encoder and pooler (PCGrad projects these)."""

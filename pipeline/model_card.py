@@ -221,7 +221,8 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
     if smart.lambda_ > 0 or smart.task_lambda:
         smart_text = (f"λ = {smart.lambda_:g}"
                       + (f" (per task {dict(smart.task_lambda)})" if smart.task_lambda else "")
-                      + f", {smart.perturbation} perturbation, ε = {smart.epsilon:g}, "
+                      + f", {smart.perturbation} perturbation of the "
+                        f"{smart.perturb_at.replace('_', ' ')}, ε = {smart.epsilon:g}, "
                         f"step {smart.step_size:g}, noise variance {smart.noise_var:g}, "
                         f"{smart.steps} step(s), {smart.norm} norm")
     losses = ", ".join(f"{LOSS_TEXT[spec.loss]} ({name})" for name, spec in member.specs.items())

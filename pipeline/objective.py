@@ -15,7 +15,7 @@ import torch
 
 from pipeline.losses import contrastive_loss, has_contrastive, task_loss
 from pipeline.model import MultitaskModel, cosine_distance
-from pipeline.smart import smart_regularizer
+from pipeline.smart import perturbable, smart_regularizer
 
 if TYPE_CHECKING:
     from pipeline.batching import Batch
@@ -29,8 +29,11 @@ def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
     Also returns the task head's output, from which the trainer scores the training batches."""
     task, spec = batch.task, model.specs[batch.task]
     smart_lambda = member.smart.lambda_for(task)
-    embeds = model.input_embeddings(batch.inputs) if smart_lambda > 0 else None
-    output = model(task, batch.inputs, inputs_embeds=embeds)
+    if smart_lambda > 0:
+        output, embeds, perturbed_forward = perturbable(
+            lambda: model(task, batch.inputs), model.perturbation_point(member.smart.perturb_at))
+    else:
+        output = model(task, batch.inputs)
     loss = task_loss(spec, output, batch.labels, member.loss.ordered_ce_weight)
     if member.loss.contrastive_weight > 0 and has_contrastive(spec):
         u, v = (model.embed(enc) for enc in batch.singles)
@@ -38,9 +41,8 @@ def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
             spec, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
             member.loss.sts_contrastive_target)
     if smart_lambda > 0:
-        regularizer = smart_regularizer(
-            lambda perturbed: model(task, batch.inputs, inputs_embeds=perturbed),
-            embeds, [enc["attention_mask"] for enc in batch.inputs], spec, member.smart, model,
-            output=output)
+        masks = [enc["attention_mask"] for enc in batch.inputs]
+        regularizer = smart_regularizer(perturbed_forward, embeds, masks, spec, member.smart,
+                                        model, output=output)
         loss = loss + smart_lambda * regularizer
     return member.loss.task_weights.get(task, 1.0) * loss, output

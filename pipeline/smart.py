@@ -3,8 +3,15 @@ and Efficient Fine-Tuning for Pre-trained Natural Language Models").
 
     R_s(θ) = 1/B · Σ_i max_{x̃_i} ℓ_s(f(x̃_i; θ), f(x_i; θ)),
 
-added to a task's loss as λ_s·R_s. x is the backbone's word-embedding output (one tensor per
-encoded sequence; example i's input is its rows of all of them); padding is never perturbed.
+added to a task's loss as λ_s·R_s. x is the output of one backbone module (``perturb_at``), one
+tensor per encoded sequence (example i's input is its rows of all of them), read from the task
+loss's own forward pass and replaced by x̃ in the perturbed passes (forward hooks:
+:func:`recorded_outputs`, :func:`replaced_outputs`); padding is never perturbed. By default it is
+the embedding layer's output, word + position + token-type embeddings → LayerNorm → dropout:
+the encoder's input, what the paper's minBERT returns from ``embed()`` and hands to SMART.
+``word_embeddings`` perturbs the token lookup before the position and type embeddings and the
+LayerNorm instead; there the unit-norm noise below (~5× the std of MiniLM's word vectors per
+coordinate) swamps the token after the LayerNorm, and R_s ties f(x) to f(noise).
 x̃ = x + δ: δ starts as noise ν and takes T (``steps``) ascent steps of size η (``step_size``) on
 g = ∇_δ ℓ_s(f(x + δ), f(x)). ``perturbation`` picks how:
 
@@ -14,9 +21,10 @@ g = ∇_δ ℓ_s(f(x + δ), f(x)). ``perturbation`` picks how:
 
       s_t = δ_t + η·g_t,   δ_t ← s_t / (‖s_t‖_p + ε),
 
-  so ε only guards the division and every token's δ_t has p-norm ≈ 1. f(x) is the task loss's
-  own output (``output``: dropout on, no extra pass, as in that code); the passes through x̃ run
-  with dropout off, as the paper states.
+  so ε only guards the division and every token's δ_t has p-norm ≈ 1 (after the LayerNorm,
+  whose outputs have unit variance per coordinate, the token keeps most of its direction).
+  f(x) is the task loss's own output (``output``: dropout on, no extra pass, as in that code);
+  the passes through x̃ run with dropout off, as the paper states.
 - ``project``: Jiang et al.'s Algorithm 1. ν ~ N(0, σ²I), then per example
   δ ← Π_ε(δ + η·g/‖g‖_p), Π_ε onto the ε-ball (p = ∞ clamps every coordinate to [−ε, ε]; p = 2
   rescales δ_i to radius ε when outside). f(x) is its own dropout-off pass, so R_s measures
@@ -24,14 +32,15 @@ g = ∇_δ ℓ_s(f(x + δ), f(x)). ``perturbation`` picks how:
 
 λ across modes: under ``project`` ℓ_s and its gradient vanish at δ = 0, so R_s ≈ ½·δᵀHδ = O(ε²),
 at ε = 1e-6 ~1e-12 of the curvature H: below the rounding of the task loss, λ is inert. Under
-``normalize`` δ is O(1) per coordinate, larger than the word embeddings themselves (BERT's are
-~0.05), so R_s no longer scales with ε: it is bounded by how far f moves between very different
-inputs (plus its target's dropout noise), the task loss's own scale, and λ of a few units (the
-paper's 0.5–10) trades it against the task loss directly. The quadratic estimate equates λ under
-``normalize`` with λ/ε² (1e12·λ) under ``project``, an upper bound since ℓ_s saturates at O(1)
-perturbations; ``project`` reaches a comparable radius at ε = η ≈ 1, with a similar λ. There δ
-follows g; under ``normalize`` at the defaults η·g is small beside ν (g is the gradient of a
-batch-mean ℓ_s near its minimum), so δ is mostly normalised noise: random, hardly adversarial.
+``normalize`` δ is O(1) per token, so R_s no longer scales with ε: it is bounded by how far f
+moves between clearly different inputs (plus its target's dropout noise), the task loss's own
+scale, and λ of a few units (the paper's 0.5–10) trades it against the task loss directly. At
+the word embeddings (BERT's are ~0.05 per coordinate) δ replaces the token; after the LayerNorm
+it moves it. The quadratic estimate equates λ under ``normalize`` with λ/ε² (1e12·λ) under
+``project``, an upper bound since ℓ_s saturates at O(1) perturbations; ``project`` reaches a
+comparable radius at ε = η ≈ 1, with a similar λ. There δ follows g; under ``normalize`` at
+the defaults η·g is small beside ν (g is the gradient of a batch-mean ℓ_s near its minimum),
+so δ is mostly normalised noise: random, hardly adversarial.
 
 ℓ_s: SST the symmetric KL of the two softmax distributions, Σ_c (p_c − q_c)(log p_c − log q_c);
 QQP the same for Bernoulli(σ(z)), which reduces to (σ(a) − σ(b))(a − b); STS the squared
@@ -41,7 +50,7 @@ terms carry gradient (``sym_kl_loss`` stops it through each term's target). fp32
 
 What is differentiated: the ascent only δ (``torch.autograd.grad``; x and f(x) detached), so it
 adds nothing to parameter grads. The returned R_s uses x̃ = x + sg(δ) (δ* a constant, Danskin's
-theorem): its gradient reaches θ through f(x̃) and f(x), and the word embeddings through x.
+theorem): its gradient reaches θ through f(x̃) and f(x), and the embeddings through x.
 ``clean_grad: false`` makes f(x) a constant target, as in virtual adversarial training (Miyato et
 al. 2018): under ``project`` that skips the backward pass through f(x); under ``normalize`` f(x)
 is the task loss's pass, whose backward runs anyway.
@@ -51,6 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +110,66 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
+
+
+@contextmanager
+def recorded_outputs(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect ``module``'s output of every call made inside the block, in call order (one per
+    encoded sequence for a backbone's embedding layer), attached to the graph."""
+    outputs: list[Tensor] = []
+
+    def record(_module: nn.Module, _args: Any, output: Any) -> None:
+        if not isinstance(output, Tensor):
+            raise TypeError(f"SMART: {type(module).__name__} returns {type(output).__name__}, "
+                            f"not a tensor; its output cannot be perturbed")
+        outputs.append(output)
+
+    handle = module.register_forward_hook(record)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def replaced_outputs(module: nn.Module, replacements: list[Tensor]) -> Iterator[None]:
+    """Inside the block, ``module``'s k-th call returns ``replacements[k]`` instead of its own
+    output (same shape); the block must make exactly that many calls."""
+    pending = iter(replacements)
+    calls = 0
+
+    def replace(_module: nn.Module, _args: Any, output: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        given = next(pending, None)
+        if given is None or given.shape != output.shape:
+            raise RuntimeError(f"SMART: call {calls} of {type(module).__name__} has no "
+                               f"replacement of shape {tuple(output.shape)}")
+        return given
+
+    handle = module.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if calls != len(replacements):
+        raise RuntimeError(f"SMART: {type(module).__name__} ran {calls} times for "
+                           f"{len(replacements)} replacements")
+
+
+def perturbable(run: Callable[[], Tensor], point: nn.Module
+                ) -> tuple[Tensor, list[Tensor], Callable[[list[Tensor]], Tensor]]:
+    """Run ``run()`` (a forward pass) once, recording ``point``'s outputs x; returns f(x), x and
+    f as a function of x̃ (``run`` with the outputs of ``point`` replaced): the ``output``,
+    ``embeds`` and ``forward`` that :func:`smart_regularizer` takes."""
+    with recorded_outputs(point) as embeds:
+        output = run()
+
+    def forward(replacements: list[Tensor]) -> Tensor:
+        with replaced_outputs(point, replacements):
+            return run()
+
+    return output, embeds, forward
 
 
 def _example_norms(tensors: list[Tensor], norm: str) -> Tensor:
@@ -155,7 +225,8 @@ def smart_regularizer(forward: Callable[[list[Tensor]], Tensor], embeds: list[Te
                       output: Tensor | None = None) -> Tensor:
     """R_s of one task's batch (a scalar, not multiplied by λ).
 
-    ``forward(embeds)`` returns f for the given word embeddings (SST logits (B, 5), QQP logit
+    ``forward(embeds)`` returns f with the perturbation point's outputs replaced by ``embeds``
+    (SST logits (B, 5), QQP logit
     (B,), STS value (B,)); ``embeds`` are the clean embeddings x, one (B, T_k, D) tensor per
     encoded sequence, attached to the graph when the embedding matrix should be regularised;
     ``masks`` the matching (B, T_k) attention masks. ``model`` is the module ``forward`` runs

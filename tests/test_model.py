@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import HeadConfig, ModelConfig, parse_params
+from pipeline.config import ConfigError, HeadConfig, ModelConfig, parse_params
 from pipeline.errors import UserError
 from pipeline.model import (
     AttentionPooling,
@@ -27,6 +27,7 @@ from pipeline.model import (
     resolve_backbone,
     save_member,
 )
+from pipeline.smart import perturbable
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["sst", "qqp", "sts"]
@@ -259,37 +260,58 @@ def test_concat_encoding_uses_token_type_ids(build, tokenizer):
         assert not torch.allclose(model("qqp", [enc]), model("qqp", [without]), atol=1e-6)
 
 
+@pytest.mark.parametrize("point", ["embeddings", "word_embeddings"])
 @pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
-def test_inputs_embeds_reproduce_forward(build, tokenizer, pair_encoding):
+def test_perturbation_point_outputs_replace_forward(build, tokenizer, pair_encoding, point):
     model = build("attention", pair_encoding)
     if pair_encoding == "concat":
         pair = [encode(tokenizer, SENTENCES, SECONDS)]
     else:
         pair = [encode(tokenizer, SENTENCES), encode(tokenizer, SECONDS)]
     single = [encode(tokenizer, SENTENCES)]
+    module = model.perturbation_point(point)
     with torch.no_grad():
         for task, inputs in (("sst", single), ("qqp", pair), ("sts", pair)):
-            embeds = model.input_embeddings(inputs)
+            plain, embeds, forward = perturbable(lambda t=task, i=inputs: model(t, i), module)
             assert [e.shape for e in embeds] == [
                 (*enc["input_ids"].shape, model.backbone.config.hidden_size) for enc in inputs
             ]
-            plain = model(task, inputs)
-            assert torch.allclose(model(task, inputs, embeds), plain, atol=1e-6)
-            # and the embeddings are really used: a perturbation moves the output (a random one:
-            # the embedding LayerNorm would cancel a constant shift)
+            assert torch.equal(forward(embeds), plain)
+            # and the replacement is really used: a perturbation moves the output (a random one:
+            # the embedding LayerNorm would cancel a constant shift of the word embeddings)
             generator = torch.Generator().manual_seed(1)
             noise = [torch.randn(e.shape, generator=generator) for e in embeds]
-            moved = model(task, inputs, [e + n for e, n in zip(embeds, noise, strict=True)])
+            moved = forward([e + n for e, n in zip(embeds, noise, strict=True)])
             assert not torch.allclose(moved, plain, atol=1e-4)
+            assert not module._forward_hooks  # the hooks are gone after each pass
 
 
-def test_input_embeddings_are_word_embeddings(build, tokenizer):
+def test_perturbation_points_are_the_lookup_and_the_encoder_input(build, tokenizer):
+    """word_embeddings: the token lookup; embeddings: LayerNorm(word + position + type), BERT's
+    embedding layer written out (eval mode: no dropout)."""
     model = build("cls")
-    enc = encode(tokenizer, SENTENCES)
-    table = model.backbone.get_input_embeddings().weight
+    enc = encode(tokenizer, SENTENCES, SECONDS)
+    layer = model.backbone.embeddings
     with torch.no_grad():
-        (embeds,) = model.input_embeddings([enc])
-    assert torch.equal(embeds, table[enc["input_ids"]])
+        _, (words,), _ = perturbable(lambda: model("sst", [enc]),
+                                     model.perturbation_point("word_embeddings"))
+        _, (encoder_input,), _ = perturbable(lambda: model("sst", [enc]),
+                                             model.perturbation_point("embeddings"))
+        positions = torch.arange(enc["input_ids"].shape[1])
+        by_hand = layer.LayerNorm(layer.word_embeddings.weight[enc["input_ids"]]
+                                  + layer.position_embeddings.weight[positions]
+                                  + layer.token_type_embeddings.weight[enc["token_type_ids"]])
+    assert torch.equal(words, layer.word_embeddings.weight[enc["input_ids"]])
+    assert torch.allclose(encoder_input, by_hand, atol=1e-6)
+
+
+def test_perturbation_point_unknown_or_absent(tiny_bert):
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert)), TASKS)
+    with pytest.raises(ConfigError, match="smart.perturb_at: 'pooler'"):
+        model.perturbation_point("pooler")
+    model.backbone.embeddings = None
+    with pytest.raises(ConfigError, match="has no such module"):
+        model.perturbation_point("embeddings")
 
 
 # --- heads -------------------------------------------------------------------------------------

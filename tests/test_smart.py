@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig, SmartConfig
@@ -18,6 +19,9 @@ from pipeline.losses import task_loss
 from pipeline.model import MultitaskModel
 from pipeline.smart import (
     eval_mode,
+    perturbable,
+    recorded_outputs,
+    replaced_outputs,
     smart_regularizer,
     smoothness_loss,
     symmetric_kl_bernoulli,
@@ -324,15 +328,15 @@ def encodings(batch=3, width=6, vocab=40):
 @pytest.mark.parametrize(("task", "pair_encoding"),
                          [("sst", "concat"), ("qqp", "concat"), ("sts", "separate")])
 @pytest.mark.parametrize("perturbation", ["normalize", "project"])
-def test_gradient_reaches_model_parameters(tiny_bert, task, pair_encoding, perturbation):
+@pytest.mark.parametrize("point", ["embeddings", "word_embeddings"])
+def test_gradient_reaches_model_parameters(tiny_bert, task, pair_encoding, perturbation, point):
     model = tiny_model(tiny_bert, pair_encoding)
     inputs = [encodings()] * (2 if pair_encoding == "separate" and task != "sst" else 1)
-    embeds = model.input_embeddings(inputs)
-    output = model(task, inputs, inputs_embeds=embeds)
+    output, embeds, forward = perturbable(lambda: model(task, inputs),
+                                          model.perturbation_point(point))
     cfg = SmartConfig(lambda_=1.0, perturbation=perturbation, epsilon=1e-2, step_size=1e-2)
-    reg = smart_regularizer(lambda e: model(task, inputs, inputs_embeds=e), embeds,
-                            [enc["attention_mask"] for enc in inputs], task, cfg, model,
-                            output=output)
+    reg = smart_regularizer(forward, embeds, [enc["attention_mask"] for enc in inputs], task,
+                            cfg, model, output=output)
     # The ascent differentiates only δ: no parameter has a gradient yet.
     assert all(p.grad is None for p in model.parameters())
     assert reg.item() > 0
@@ -354,13 +358,15 @@ def test_dropout_off_inside_and_flags_restored(tiny_bert, perturbation):
     masks = [inputs[0]["attention_mask"]]
     cfg = SmartConfig(lambda_=1.0, perturbation=perturbation, epsilon=1e-2, step_size=1e-2)
     # The task loss's output, dropout on: the clean target under normalize, unused by project.
-    output = model("sst", inputs).detach()
+    output, embeds, replaced = perturbable(lambda: model("sst", inputs),
+                                           model.perturbation_point("embeddings"))
+    output, embeds = output.detach(), [e.detach() for e in embeds]
 
-    def forward(embeds):
+    def forward(perturbed):
         assert not any(m.training for m in model.modules())
-        return model("sst", inputs, inputs_embeds=embeds)
+        return replaced(perturbed)
 
-    values = [smart_regularizer(forward, model.input_embeddings(inputs), masks, "sst", cfg, model,
+    values = [smart_regularizer(forward, embeds, masks, "sst", cfg, model,
                                 torch.Generator().manual_seed(1), output=output).item()
               for _ in range(2)]
     # No dropout in R_s's own passes: the same noise gives the same value.
@@ -371,8 +377,7 @@ def test_dropout_off_inside_and_flags_restored(tiny_bert, perturbation):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        smart_regularizer(failing, model.input_embeddings(inputs), masks, "sst", cfg, model,
-                          output=output)
+        smart_regularizer(failing, embeds, masks, "sst", cfg, model, output=output)
     assert {name: m.training for name, m in model.named_modules()} == before
     with pytest.raises(KeyError), eval_mode(model):
         raise KeyError
@@ -385,10 +390,10 @@ def test_bf16_autocast_gives_fp32_regularizer(tiny_bert, perturbation):
     inputs = [encodings()]
     cfg = SmartConfig(lambda_=1.0, perturbation=perturbation, epsilon=1e-2, step_size=1e-2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        embeds = model.input_embeddings(inputs)
-        output = model("sst", inputs, inputs_embeds=embeds)
-        reg = smart_regularizer(lambda e: model("sst", inputs, inputs_embeds=e), embeds,
-                                [inputs[0]["attention_mask"]], "sst", cfg, model, output=output)
+        output, embeds, forward = perturbable(lambda: model("sst", inputs),
+                                              model.perturbation_point("embeddings"))
+        reg = smart_regularizer(forward, embeds, [inputs[0]["attention_mask"]], "sst", cfg, model,
+                                output=output)
     assert reg.dtype == torch.float32 and torch.isfinite(reg)
     reg.backward()
     assert model.backbone.embeddings.word_embeddings.weight.grad is not None
@@ -399,7 +404,8 @@ LABELS = {"sst": torch.tensor([0, 2, 4]), "qqp": torch.tensor([0.0, 1.0, 1.0]),
 
 
 @pytest.mark.parametrize("task", ["sst", "qqp", "sts"])
-def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task):
+@pytest.mark.parametrize("point", ["embeddings", "word_embeddings"])
+def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task, point):
     """At the paper's defaults (ε = 1e-6, η = 1e-3, σ² = 1e-5) ``project`` keeps δ in the
     ε-ball, so R_s = O(ε²) ~1e-12 of the task loss, below fp32 rounding (~1e-7); ``normalize``
     moves every token by ∞-norm ≈ 1, so R_s is a visible share of it (0.4–2% on this tiny BERT,
@@ -408,13 +414,13 @@ def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task):
     model = tiny_model(tiny_bert)
     model.eval()
     inputs = [encodings()]
-    embeds = model.input_embeddings(inputs)
-    output = model(task, inputs, inputs_embeds=embeds)
+    output, embeds, forward = perturbable(lambda: model(task, inputs),
+                                          model.perturbation_point(point))
     loss = task_loss(task, output, LABELS[task], 0.0).item()
     values = {
         perturbation: smart_regularizer(
-            lambda e: model(task, inputs, inputs_embeds=e), embeds, [inputs[0]["attention_mask"]],
-            task, SmartConfig(lambda_=1.0, perturbation=perturbation), model,
+            forward, embeds, [inputs[0]["attention_mask"]], task,
+            SmartConfig(lambda_=1.0, perturbation=perturbation), model,
             torch.Generator().manual_seed(0), output=output).item()
         for perturbation in ("normalize", "project")
     }
@@ -423,22 +429,24 @@ def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task):
 
 
 @pytest.mark.parametrize("perturbation", ["normalize", "project"])
-def test_padding_never_perturbed(tiny_bert, perturbation):
+@pytest.mark.parametrize("point", ["embeddings", "word_embeddings"])
+def test_padding_never_perturbed(tiny_bert, perturbation, point):
     """δ = x̃ − x of the final pass: zero on padding; on real tokens ∞-norm s/(s + ε) ≈ 1 per
     token (normalize) or at most ε (project)."""
     model = tiny_model(tiny_bert)
     inputs = [encodings()]
     mask = inputs[0]["attention_mask"].bool()
-    embeds = model.input_embeddings(inputs)
+    output, embeds, replaced = perturbable(lambda: model("sst", inputs),
+                                           model.perturbation_point(point))
     seen = []
 
     def forward(e):
         seen.append(e[0].detach())
-        return model("sst", inputs, inputs_embeds=e)
+        return replaced(e)
 
     cfg = SmartConfig(lambda_=1.0, perturbation=perturbation)
     smart_regularizer(forward, embeds, [inputs[0]["attention_mask"]], "sst", cfg, model,
-                      output=model("sst", inputs, inputs_embeds=embeds))
+                      output=output)
     delta = seen[-1] - embeds[0].detach()
     assert (delta[~mask] == 0).all()
     token_norms = delta[mask].abs().amax(-1)
@@ -448,3 +456,93 @@ def test_padding_never_perturbed(tiny_bert, perturbation):
     else:
         # (x + δ) − x in fp32 carries x's rounding, a few 1e-9 here.
         assert (token_norms <= cfg.epsilon + 2e-8).all()
+
+
+# --- the perturbation point -------------------------------------------------------------------
+
+
+def test_replaced_outputs_checks_count_and_shape():
+    layer = nn.Linear(3, 3)
+    x = torch.ones(2, 3)
+    with recorded_outputs(layer) as seen:
+        layer(x), layer(2 * x)
+    assert [t.shape for t in seen] == [(2, 3), (2, 3)] and not layer._forward_hooks
+    with replaced_outputs(layer, [torch.zeros(2, 3)]):
+        assert torch.equal(layer(x), torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match="call 1 .* no replacement of shape"), \
+            replaced_outputs(layer, [torch.zeros(1, 3)]):
+        layer(x)
+    with pytest.raises(RuntimeError, match="call 2"), replaced_outputs(layer, [x]):
+        layer(x), layer(x)
+    with pytest.raises(RuntimeError, match="ran 1 times for 2 replacements"), \
+            replaced_outputs(layer, [x, x]):
+        layer(x)
+    assert not layer._forward_hooks
+
+
+ARCHITECTURES = {
+    "bert": lambda t: t.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64),
+    "distilbert": lambda t: t.DistilBertConfig(vocab_size=60, dim=32, n_layers=2, n_heads=2,
+                                               hidden_dim=64),
+    "roberta": lambda t: t.RobertaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64),
+    "electra": lambda t: t.ElectraConfig(vocab_size=60, embedding_size=16, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64),
+    "albert": lambda t: t.AlbertConfig(vocab_size=60, embedding_size=16, hidden_size=32,
+                                       num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_embeddings_point_is_the_layer_normed_encoder_input(architecture):
+    """For every BERT-family encoder bestfit builds, the ``embeddings`` point is the embedding
+    layer's LayerNorm output (at init, weight 1 and bias 0: zero mean and unit variance per
+    token), and replacing it with itself reproduces the forward pass."""
+    import transformers
+
+    torch.manual_seed(0)
+    backbone = transformers.AutoModel.from_config(ARCHITECTURES[architecture](transformers))
+    model = MultitaskModel(ModelConfig(backbone=architecture), ["sst"], backbone=backbone).eval()
+    enc = {k: v for k, v in encodings(vocab=60).items()
+           if k != "token_type_ids" or architecture != "distilbert"}
+    with torch.no_grad():
+        output, (x,), forward = perturbable(lambda: model("sst", [enc]),
+                                            model.perturbation_point("embeddings"))
+        assert torch.equal(forward([x]), output)
+    real = x[enc["attention_mask"].bool()].double()
+    variance_eps = 1e-5 if architecture != "albert" else 1e-12  # LayerNorm's own ε
+    assert torch.allclose(real.mean(-1), torch.zeros(len(real), dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(real.var(-1, unbiased=False),
+                          torch.full((len(real),), 1 - variance_eps, dtype=torch.float64),
+                          atol=1e-4)
+
+
+def test_word_embedding_noise_swamps_the_token_after_the_layernorm(tiny_bert):
+    """Why the point matters: smart-pytorch's noise (∞-norm 1 per token) added to the word
+    embeddings (std 0.02 at this init, ~0.05 in MiniLM) leaves the encoder's input of a token
+    mostly orthogonal to the clean one (its position embedding alone is left); added after the
+    LayerNorm (unit variance per coordinate) it leaves most of the token's direction."""
+    model = tiny_model(tiny_bert).eval()
+    inputs = [encodings()]
+    mask = inputs[0]["attention_mask"].bool()
+    layer = model.perturbation_point("embeddings")
+    generator = torch.Generator().manual_seed(0)
+
+    def unit_noise(like):
+        z = torch.randn(like.shape, generator=generator)
+        return z / z.abs().amax(-1, keepdim=True)
+
+    with torch.no_grad():
+        _, (clean,), from_encoder_input = perturbable(lambda: model("sst", inputs), layer)
+        _, (words,), from_words = perturbable(lambda: model("sst", inputs),
+                                              model.perturbation_point("word_embeddings"))
+        with recorded_outputs(layer) as seen:
+            from_words([words + unit_noise(words)])
+        (after_word_noise,) = seen
+        after_embedding_noise = clean + unit_noise(clean)
+    cos_word = F.cosine_similarity(after_word_noise[mask], clean[mask], dim=-1)
+    cos_embedding = F.cosine_similarity(after_embedding_noise[mask], clean[mask], dim=-1)
+    assert cos_word.mean() < 0.4 and cos_embedding.min() > 0.8
