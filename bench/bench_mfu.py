@@ -46,12 +46,13 @@ def device_peak(name: str, precision: str) -> float | None:
     return None
 
 
-def random_bert_base(directory: Path) -> Path:
-    """bert-base's configuration, random weights, MiniLM's (= bert-base-uncased's) tokenizer."""
+def random_bert_base(directory: Path, tokenizer: str = "minilm") -> Path:
+    """bert-base's configuration, random weights, ``tokenizer``'s files (MiniLM's is
+    bert-base-uncased's)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     BertModel(BertConfig()).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(resolve_backbone(tokenizer)).save_pretrained(directory)
     return directory
 
 
@@ -72,6 +73,20 @@ def training_flops(tokens: int, mean_length: float, params: int, layers: int, hi
     return tokens * (6 * params + 12 * layers * hidden * mean_length)
 
 
+def mfu_figures(result: Measurement, shape: tuple[int, int, int], peak: float | None) -> dict:
+    """Throughput and MFU of a timed loop, on the tokens computed and on real tokens only;
+    ``shape``: ``encoder_shape``'s, ``peak``: TFLOP/s (None: no MFU)."""
+    mean_length = result.padded / result.samples
+    figures = {"samples_per_s": result.rate, "tokens_per_s": result.padded / result.seconds,
+               "real_tokens_per_s": result.tokens / result.seconds,
+               "mean_padded_length": mean_length, "peak_tflops": peak}
+    for label, tokens in (("", result.padded), ("real_", result.tokens)):
+        achieved = training_flops(tokens, mean_length, *shape) / result.seconds / 1e12
+        figures[f"{label}tflops"] = achieved
+        figures[f"{label}mfu"] = achieved / peak if peak else None
+    return figures
+
+
 def main() -> None:
     parser = loop_arguments(__doc__, backbone="bert-base-random", steps=50, batch_size=32)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
@@ -85,7 +100,7 @@ def main() -> None:
             args.backbone = str(random_bert_base(Path(tmp) / "bert-base-random"))
         args.prepared = Path(tmp) / "prepared"
         write_prepared(prepare(str(args.data), {}, 0, Path(tmp) / "raw"), args.prepared)
-        params, layers, hidden = encoder_shape(args.backbone)
+        shape = params, layers, hidden = encoder_shape(args.backbone)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         proc = ctx.Process(target=run_bestfit, args=(args, args.precision, queue))
@@ -93,20 +108,18 @@ def main() -> None:
         result: Measurement = queue.get()
         proc.join()
 
-    mean_length = result.padded / result.samples
-    computed = training_flops(result.padded, mean_length, params, layers, hidden)
-    useful = training_flops(result.tokens, mean_length, params, layers, hidden)
     peak = args.peak_tflops or device_peak(name, args.precision)
+    figures = mfu_figures(result, shape, peak)
     print(f"device={name} precision={args.precision} batch={args.batch_size} "
           f"steps={args.steps} threads={result.threads} encoder: {params / 1e6:.1f}M "
           f"non-embedding parameters, {layers} layers, hidden {hidden}")
-    print(f"samples/s {result.rate:.1f}   tokens/s computed {result.padded / result.seconds:.0f}"
-          f" (real {result.tokens / result.seconds:.0f}, mean padded length {mean_length:.1f})")
-    for label, flops in (("tokens computed", computed), ("real tokens", useful)):
-        achieved = flops / result.seconds / 1e12
-        mfu = f"MFU {100 * achieved / peak:.1f}% of {peak:g}" if peak else (
+    print(f"samples/s {figures['samples_per_s']:.1f}   tokens/s computed "
+          f"{figures['tokens_per_s']:.0f} (real {figures['real_tokens_per_s']:.0f}, mean padded "
+          f"length {figures['mean_padded_length']:.1f})")
+    for label, key in (("tokens computed", ""), ("real tokens", "real_")):
+        mfu = f"MFU {100 * figures[key + 'mfu']:.1f}% of {peak:g}" if peak else (
             "MFU: peak unknown (--peak-tflops)")
-        print(f"{label:<16} {achieved:8.2f} TFLOP/s   {mfu}")
+        print(f"{label:<16} {figures[key + 'tflops']:8.2f} TFLOP/s   {mfu}")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,12 @@ from pipeline.config import (
 from pipeline.data import read_task_split
 from pipeline.device import autocast
 from pipeline.losses import task_loss
-from pipeline.model import MultitaskModel, load_tokenizer
+from pipeline.model import MultitaskModel, attention_mask, load_tokenizer
 from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer
 from pipeline.pcgrad import PCGrad
 from pipeline.smart import (
+    ASCENT_STEPS,
     eval_mode,
     initial_noise,
     perturbable,
@@ -177,6 +178,33 @@ def make_runner(member: MemberConfig, backbone: str, device: torch.device) -> Ru
     return Runner(member, model, build_optimizer(model, member), pcgrad)
 
 
+def step_members(model_cfg: ModelConfig, batch_size: int, precision: str, device: str
+                 ) -> dict[str, MemberConfig]:
+    """The member of each mode: the same model, batch and precision, its own SMART or PCGrad."""
+    train = TrainConfig(batch_size=batch_size, precision=precision, device=device)
+    base = MemberConfig("bench", TASKS, [], model_cfg, LossConfig(), train, SmartConfig(),
+                        PcgradConfig())
+    project = SmartConfig(lambda_=1.0, perturbation="project")
+    return {
+        "plain": base,
+        "smart": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0)),
+        "smart-project": dataclasses.replace(base, smart=project),
+        "smart-project-vat": dataclasses.replace(
+            base, smart=dataclasses.replace(project, clean_grad=False)),
+        "pcgrad": dataclasses.replace(base, pcgrad=PcgradConfig(enabled=True)),
+    }
+
+
+def time_modes(runners: dict[str, Runner], batches: list[dict], device: torch.device,
+               warmup: int) -> None:
+    """Every step's batches through every mode; steps from ``warmup`` on are timed."""
+    modes = list(runners)
+    for s, step in enumerate(batches):
+        # Modes take turns within each step (rotating), so a load change hits all of them.
+        for m in range(len(modes)):
+            runners[modes[(s + m) % len(modes)]].step(step, device, timed=s >= warmup)
+
+
 SMART_SETTINGS = {
     "normalize": SmartConfig(lambda_=1.0),
     "project": SmartConfig(lambda_=1.0, perturbation="project"),
@@ -201,14 +229,17 @@ def encoder_input_cosines(model: MultitaskModel, batch, point: str) -> torch.Ten
             with recorded_outputs(layer) as moved_inputs:
                 forward(moved)
             moved = moved_inputs
-    masks = [enc["attention_mask"].bool() for enc in batch.inputs]
+    masks = [attention_mask(enc).bool() for enc in batch.inputs]
     return torch.cat([torch.nn.functional.cosine_similarity(m[k], c[k], dim=-1)
                       for m, c, k in zip(moved, clean, masks, strict=True)])
 
 
 def smart_step_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    z = initial_noise(like, generator)
-    return z / z.abs().amax(-1, keepdim=True)
+    """normalize's δ after its step from the initial noise with no gradient to follow."""
+    cfg = SmartConfig(lambda_=1.0)
+    noise = initial_noise(like, generator) * cfg.noise_var
+    (delta,) = ASCENT_STEPS["normalize"]([noise], [torch.zeros_like(noise)], cfg)
+    return delta
 
 
 def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -> None:
@@ -221,7 +252,7 @@ def regularizer_sizes(model: MultitaskModel, step: dict, device: torch.device) -
           + f" {'dropout ℓ_s':>12} {'task loss':>10} {'cos':>5}")
     for task in TASKS:
         batch = step[task].to(device)
-        masks = [enc["attention_mask"] for enc in batch.inputs]
+        masks = [attention_mask(enc) for enc in batch.inputs]
         for precision in ("fp32", "bf16"):
             for point in ("embeddings", "word_embeddings"):
                 with autocast(device, precision):
@@ -253,19 +284,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.tokenizer or (
         "minilm" if args.backbone == "bert-base-random" else args.backbone))
     batches = step_batches(args, tokenizer, model_cfg.max_length)
-    train = TrainConfig(batch_size=args.batch_size, precision=args.precision,
-                        device=str(device))
-    base = MemberConfig("bench", TASKS, [], model_cfg, LossConfig(), train, SmartConfig(),
-                        PcgradConfig())
-    project = SmartConfig(lambda_=1.0, perturbation="project")
-    members = {
-        "plain": base,
-        "smart": dataclasses.replace(base, smart=SmartConfig(lambda_=1.0)),
-        "smart-project": dataclasses.replace(base, smart=project),
-        "smart-project-vat": dataclasses.replace(
-            base, smart=dataclasses.replace(project, clean_grad=False)),
-        "pcgrad": dataclasses.replace(base, pcgrad=PcgradConfig(enabled=True)),
-    }
+    members = step_members(model_cfg, args.batch_size, args.precision, str(device))
     modes = [mode for mode in MODES if mode == "plain" or mode in args.modes]
     runners = {mode: make_runner(members[mode], args.backbone, device) for mode in modes}
     model = runners["plain"].model
@@ -273,10 +292,7 @@ def main() -> None:
     print(f"backbone {args.backbone}, device {device} ({torch.get_num_threads()} threads), "
           f"{args.precision}, batch {args.batch_size} x 3 tasks, "
           f"median of {args.steps} steps after {args.warmup}")
-    for s, step in enumerate(batches):
-        # Modes take turns within each step (rotating), so a load change hits all of them.
-        for m in range(len(modes)):
-            runners[modes[(s + m) % len(modes)]].step(step, device, timed=s >= args.warmup)
+    time_modes(runners, batches, device, args.warmup)
     plain = runners["plain"]
     plain_time = statistics.median(plain.times)
     cuda = device.type == "cuda"

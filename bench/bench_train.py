@@ -32,7 +32,7 @@ from pipeline.config import MemberConfig, ModelConfig, TrainConfig, parse_params
 from pipeline.data import member_frames, prepare, write_prepared
 from pipeline.device import resolve_device
 from pipeline.losses import task_loss
-from pipeline.model import MultitaskModel, load_tokenizer
+from pipeline.model import MultitaskModel, attention_mask, load_tokenizer
 from pipeline.train import Trainer
 
 TASKS = ["sst", "qqp", "sts"]
@@ -161,8 +161,8 @@ def run_plain(args: argparse.Namespace, queue: mp.Queue) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         samples += len(rows)
-        tokens += int(enc["attention_mask"].sum())
-        padded += enc["attention_mask"].numel()
+        tokens += int(attention_mask(enc).sum())
+        padded += attention_mask(enc).numel()
     sync(device)
     seconds = time.perf_counter() - began
     queue.put(Measurement("plain fp32, pad 128", samples, tokens, padded, seconds,

@@ -104,7 +104,9 @@ def tokenize_task(task: TaskSpec | str, frame: pd.DataFrame, tokenizer: PreTrain
 
 
 def pad(seqs: Sequence[list[int]], types: Sequence[list[int]] | None, pad_id: int) -> Encoding:
-    """Pad a batch of id lists to its own longest sequence."""
+    """Pad a batch of id lists to its own longest sequence; a batch whose sequences all have
+    that length gets no attention mask (``model.attention_mask``), so the encoder runs
+    unmasked without checking the mask on the device."""
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -114,6 +116,8 @@ def pad(seqs: Sequence[list[int]], types: Sequence[list[int]] | None, pad_id: in
         attention[row, : len(seq)] = 1
         if types is not None:
             token_type[row, : len(seq)] = torch.tensor(types[row])
+    if all(len(seq) == width for seq in seqs):
+        return {"input_ids": input_ids, "token_type_ids": token_type}
     return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_type}
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -25,7 +27,7 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
-    from pipeline.batching import TaskData
+    from pipeline.batching import TaskData, TokenizedTask
     from pipeline.config import MemberConfig
 
 STATE_FILE, TENSORS_FILE = "state.json", "tensors.safetensors"
@@ -83,9 +85,11 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_state(directory: Path) -> dict[str, Any]:
     """Read a :func:`save_state` directory; anything unreadable is a :class:`CheckpointError`
-    naming the directory and what to do."""
+    naming the directory and what to do. Every tensor comes back on the CPU, where the
+    bookkeeping (batch-plan indices, RNG states) is used; ``load_state_dict`` moves the model's
+    and optimiser's to their parameters' device."""
     advice = f"delete {directory} to start this run afresh"
     state_path, tensors_path = directory / STATE_FILE, directory / TENSORS_FILE
     for path in (state_path, tensors_path):
@@ -98,7 +102,7 @@ def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str,
         raise CheckpointError(f"{state_path}: unreadable checkpoint state ({_reason(exc)}); "
                               f"{advice}") from None
     try:
-        tensors = load_file(str(tensors_path), device=str(device))
+        tensors = load_file(str(tensors_path), device="cpu")
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{tensors_path}: unreadable checkpoint tensors, not a complete "
                               f"safetensors file ({_reason(exc)}); {advice}") from None
@@ -107,19 +111,32 @@ def load_state(directory: Path, device: torch.device | str = "cpu") -> dict[str,
     return _join(plain, tensors, str(directory))
 
 
+def rows_digest(sets: dict[str, TokenizedTask]) -> str:
+    """Identifies the rows of ``sets`` (task → one split): every row's id, token ids (its text
+    as the model reads it) and label."""
+    digest = hashlib.sha256()
+    for task, data in sorted(sets.items()):
+        digest.update(f"{task}\0{len(data)}\0".encode())
+        digest.update("\0".join(data.ids).encode())
+        for sequences in data.sequences:
+            digest.update(np.array([len(s) for s in sequences], np.int64).tobytes())
+            digest.update(np.fromiter(itertools.chain.from_iterable(sequences), np.int64)
+                          .tobytes())
+        if data.labels is not None:
+            digest.update(data.labels.tobytes())
+    return digest.hexdigest()
+
+
 def config_fingerprint(member: MemberConfig, data: TaskData) -> str:
-    """Identifies a run: a checkpoint is resumed only by a run with the same config and data.
-    How often it checkpoints, and how a step is computed (processes, micro-batches, compiled or
-    not: the same updates) are not part of it, so a run resumes on another N."""
+    """Identifies a run: a checkpoint is resumed only by a run with the same config and
+    training rows. How often it checkpoints, and how a step is computed (processes,
+    micro-batches, compiled or not: the same updates) are not part of it, so a run resumes on
+    another N. The dev rows are not either: they pick the best epoch but train nothing, so a
+    run whose dev rows changed resumes, and its best epoch is scored on the current ones."""
     train = dataclasses.replace(member.train, checkpoint_steps=None, checkpoint_minutes=None)
     config = dataclasses.asdict(dataclasses.replace(member, train=train))
     for how in ("processes", "grad_accum", "compile"):
         del config["train"][how]
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for task, splits in sorted(data.splits.items()):
-        train = splits["train"]
-        digest.update(task.encode())
-        digest.update("\0".join(train.ids).encode())
-        if train.labels is not None:
-            digest.update(train.labels.tobytes())
+    digest.update(rows_digest(data.split("train")).encode())
     return digest.hexdigest()

@@ -5,7 +5,9 @@ the typed section objects to the library, which never reads YAML or the environm
 
 A member of ``models:`` is a small set of overrides: its config is the global sections deep-merged
 with the member's own (``defaults ⊕ overrides``), so ``dvc exp run -S smart.lambda=8`` changes
-every member that does not override ``smart.lambda``.
+every member that does not override ``smart.lambda``. A per-task map (``train.select_rows``,
+``train.sampling_weights``, ``loss.task_weights``, ``smart.task_lambda``) merges key by key when
+the member's is non-empty; the member's ``{}`` or null replaces the global map (clears it).
 """
 
 from __future__ import annotations
@@ -166,7 +168,10 @@ class TrainConfig:
     # stage launches them itself; under a torchrun of your own (several nodes) its world is
     # used as it is. batch_size stays the global batch, split over the processes.
     processes: Positive = 1
-    select_by: str = "overall"  # overall or a task's metric name (sst_acc, qqp_acc, sts_pearson)
+    # The dev score that picks the best epoch: `overall` (over every task of the member, as in
+    # metrics.json), `ensemble` (the overall over the tasks params `ensemble:` takes from the
+    # member; every task when it takes none) or a task's metric (sst_acc, qqp_acc, sts_pearson).
+    select_by: str = "overall"
     # Rows of a task's dev set that the per-epoch evaluation reads (a fixed seeded sample, the
     # same for every run), e.g. {qqp: 2000}: the best epoch is picked on them and its model is
     # then scored on the whole dev set once. {}: every epoch on the whole dev set.
@@ -293,6 +298,10 @@ class MemberConfig:
     # The declarations of this member's tasks (saved with the model, so it predicts alone); a
     # CS224N task left out gets its default declaration.
     specs: dict[str, TaskSpec] = field(default_factory=dict)
+    # The tasks whose dev scores pick the best epoch (train.select_by): a metric's own task,
+    # every task for `overall`; for `ensemble`, filled in from params `ensemble:`. Not a params
+    # key; empty (a member saved before it existed): from select_by.
+    select_tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         missing = [t for t in self.tasks if t not in self.specs]
@@ -304,6 +313,21 @@ class MemberConfig:
             if unknown:
                 raise ConfigError(f"tasks {unknown}: no declaration (specs) for them")
             object.__setattr__(self, "specs", {**self.specs, **{t: defaults[t] for t in missing}})
+        if not self.select_tasks:
+            own = [t for t in self.tasks if self.specs[t].metric_name == self.train.select_by]
+            object.__setattr__(self, "select_tasks", own or list(self.tasks))
+        if not set(self.select_tasks) <= set(self.tasks):
+            raise ConfigError(f"select_tasks {self.select_tasks}: not among tasks {self.tasks}")
+
+    @property
+    def selection_label(self) -> str:
+        """What picks the best epoch, for logs and the model card: the metric's name,
+        ``overall``, or ``overall(qqp, sts)`` over some of the member's tasks."""
+        if self.train.select_by not in SELECT_OVERALL:
+            return self.train.select_by
+        if self.select_tasks == self.tasks:
+            return "overall"
+        return f"overall({', '.join(self.select_tasks)})"
 
 
 @dataclass(frozen=True)
@@ -322,6 +346,8 @@ class Params:
     seeds: list[int] = field(default_factory=lambda: [TrainConfig.seed])
 
 
+# train.select_by values that pick the best epoch on the overall score of some of the tasks.
+SELECT_OVERALL = ("overall", "ensemble")
 # Sections a member may override, by params key.
 MEMBER_SECTIONS = {
     "model": ModelConfig,
@@ -482,11 +508,23 @@ def build_tasks(raw: Any) -> dict[str, TaskSpec]:
     return tasks
 
 
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def _merge_section(cls: type, base: Mapping[str, Any], override: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """A member's section: ``base`` (the global one) with ``override`` merged in, nested
+    sections merged deeply. A per-task map (a dict field) merges key by key, but an empty one
+    or null replaces it: otherwise a member could not clear a global map. Keys and types are
+    checked later, by :func:`build`."""
+    hints = typing.get_type_hints(cls)
+    fields = {_yaml_key(f.name): hints[f.name] for f in dataclasses.fields(cls)}
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
+        tp, current = fields.get(key), merged.get(key)
+        if not (isinstance(value, Mapping) and isinstance(current, Mapping)):
+            merged[key] = value
+        elif dataclasses.is_dataclass(tp):
+            merged[key] = _merge_section(tp, current, value)
+        elif typing.get_origin(tp) is dict:
+            merged[key] = {**current, **value} if value else {}
         else:
             merged[key] = value
     return merged
@@ -529,12 +567,13 @@ def _build_member(name: str, raw: Mapping[str, Any], sections: Mapping[str, Any]
         raise ConfigError(f"{where}.augment: augmented data extends {augment_task} (augment.task), "
                           f"which is not among tasks {tasks}")
     built = {
-        key: build(cls, _deep_merge(sections.get(key) or {}, raw.get(key) or {}), f"{where}.{key}")
+        key: build(cls, _merge_section(cls, sections.get(key) or {}, raw.get(key) or {}),
+                   f"{where}.{key}")
         for key, cls in MEMBER_SECTIONS.items()
     }
     _check_section_tasks(built, f"{where}.", known)
     specs = {t: known[t] for t in tasks}
-    metric_names = ["overall", *(spec.metric_name for spec in specs.values())]
+    metric_names = [*SELECT_OVERALL, *(spec.metric_name for spec in specs.values())]
     if built["train"].select_by not in metric_names:
         raise ConfigError(f"{where}.train.select_by: {built['train'].select_by!r} is not a dev "
                           f"metric of this member; expected one of {metric_names}")
@@ -582,6 +621,7 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
                 raise ConfigError(
                     f"params.yaml: ensemble.{task}: member {member!r} is not trained on {task}"
                 )
+    models = {name: _ensemble_selection(member, ensemble) for name, member in models.items()}
     data = build(DataConfig, raw.get("data"), "params.yaml: data")
     _check_task_keys(data.train_rows, "params.yaml: data.train_rows", tasks)
     _check_task_keys(data.dev_rows, "params.yaml: data.dev_rows", tasks)
@@ -594,6 +634,15 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
         seeds=_check_seeds(raw.get("seeds", [TrainConfig.seed])),
         **sections,
     )
+
+
+def _ensemble_selection(member: MemberConfig, ensemble: dict[str, list[str]]) -> MemberConfig:
+    """Under ``train.select_by: ensemble``, the member's best epoch is picked on the tasks the
+    ensemble takes from it (all of its tasks when it takes none)."""
+    if member.train.select_by != "ensemble":
+        return member
+    taken = [t for t in member.tasks if member.name in ensemble.get(t, [])]
+    return dataclasses.replace(member, select_tasks=taken or list(member.tasks))
 
 
 def _check_augment_task(augment: AugmentConfig, tasks: dict[str, TaskSpec]) -> None:

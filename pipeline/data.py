@@ -20,7 +20,9 @@ the real files are handled here rather than patched by hand:
 Rows that cannot serve as examples (blank or out-of-range label, empty text, repeated id, a
 blank line) are rejected and counted in a report; a file whose shape is wrong (encoding, header,
 field count, quoting) or that has no usable row stops with an error naming the file, line and
-field. Windows line endings and a UTF-8 byte-order mark are accepted.
+field. In a test split an empty text is kept (and counted): a submission must hold every test
+id, and a leaderboard scores a missing one as wrong. Windows line endings and a UTF-8
+byte-order mark are accepted.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class SplitReport:
     rows_written: int | None = None  # after the `train_rows` cap; None until written
     missing: bool = False
     rows_rejected: int = 0
+    rows_empty_text: int = 0  # test rows kept with an empty text (predicted from none)
     rejected: Counter = field(default_factory=Counter)
     rejected_examples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -180,6 +183,7 @@ class SplitReport:
             "rows_kept": self.rows_kept,
             "rows_written": self.rows_kept if self.rows_written is None else self.rows_written,
             "rows_rejected": self.rows_rejected,
+            "rows_empty_text": self.rows_empty_text,
             # A row with several problems counts under each of them.
             "rejected": dict(sorted(self.rejected.items())),
             "rejected_examples": self.rejected_examples,
@@ -223,7 +227,8 @@ def _parse_label(text: str, spec: LabelSpec) -> tuple[float | int | None, str | 
 def _parse_record(
     spec: TaskSpec, labels: LabelSpec, record: dict[str, str], labelled: bool
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Clean one row's fields; also return every (reason, raw value) that makes it unusable."""
+    """Clean one row's fields; also return every (reason, raw value) that makes it unusable
+    (an empty text only in a labelled split: a test row is predicted whatever its text)."""
     problems = []
     values: dict[str, Any] = {"id": record["id"].strip()}
     if not values["id"]:
@@ -233,7 +238,7 @@ def _parse_record(
         if spec.data.twice_quoted:
             text = _unquote_twice_quoted(text).strip()
         values[col] = text
-        if not text:
+        if not text and labelled:
             problems.append((f"empty {col}", record[file_col]))
     values["label"] = None
     if labelled:
@@ -525,6 +530,8 @@ def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
         if problems:
             report.reject(line, values["id"], problems)
             continue
+        if not all(values[col] for col in task.text_columns):
+            report.rows_empty_text += 1
         seen.add(values["id"])
         for col, value in values.items():
             columns[col].append(value)
@@ -581,9 +588,9 @@ def _declared_label(value: Any, spec: TaskSpec, labels: LabelSpec, where: str
 def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) -> pd.DataFrame:
     """Read a task's CSV, TSV, JSON-lines or parquet file into its prepared schema.
 
-    Rows with an empty text, a blank label or a repeated id are rejected and counted; a
-    declared column missing from the file, or a label outside the declared classes or range,
-    is an error naming the task, the file, the row and the field.
+    Rows with a blank label, a repeated id or (train, dev) an empty text are rejected and
+    counted; a declared column missing from the file, or a label outside the declared classes
+    or range, is an error naming the task, the file, the row and the field.
     """
     frame = _read_frame(path, spec)
     labelled = split != "test"
@@ -614,7 +621,7 @@ def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) ->
             problems.append(("duplicate id", row_id))
         for file_col, col in zip(files.text, spec.text_columns, strict=True):
             values[col] = _cell_text(record[file_col])
-            if not values[col]:
+            if not values[col] and labelled:
                 problems.append((f"empty {col}", ""))
         if labelled:
             where = f"{path}: task {spec.name}: {unit} {line}, field {files.label!r}"
@@ -624,6 +631,8 @@ def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) ->
         if problems:
             report.reject(line, row_id, problems)
             continue
+        if not all(values[col] for col in spec.text_columns):
+            report.rows_empty_text += 1
         seen.add(row_id)
         for col, value in values.items():
             columns[col].append(value)

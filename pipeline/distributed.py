@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.device import resolve_device
+
 # torchrun's environment (torch.distributed.run): present in every process it launches.
 WORLD_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -73,20 +75,25 @@ class World:
 SINGLE = World()
 
 
-def init_world(device_type: str, backend: str = "auto", timeout_minutes: float = 30.0) -> World:
+def init_world(device: str, backend: str = "auto", timeout_minutes: float = 30.0) -> World:
     """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU unless ``backend``
-    names one); a process not launched by torchrun is the single rank of its own run."""
+    names one); a process not launched by torchrun is the single rank of its own run.
+    ``device`` is ``train.device``: a rank binds the GPU ``resolve_device`` gives its local
+    rank (``cuda:N`` → ``cuda:N+r``), the one its trainer then runs on."""
     if not launched_by_torchrun():
         return SINGLE
     local_rank = int(os.environ["LOCAL_RANK"])
+    rank_device = resolve_device(device, local_rank)
     device_id = None
-    if device_type == "cuda":
-        # NCCL's object collectives run on the current device: this rank's own GPU.
-        device_id = torch.device("cuda", local_rank)
+    if rank_device.type == "cuda":
+        # NCCL's object collectives run on the current device: this rank's own GPU (an index:
+        # set_device and init_process_group refuse a bare `cuda`).
+        index = rank_device.index
+        device_id = torch.device("cuda", torch.cuda.current_device() if index is None else index)
         torch.cuda.set_device(device_id)
     if not dist.is_initialized():
         if backend == "auto":
-            backend = "nccl" if device_type == "cuda" else "gloo"
+            backend = "nccl" if rank_device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
                                 device_id=device_id)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)

@@ -4,7 +4,8 @@ Per task, every seed's run of each member named in params `ensemble:` is combine
 declared ``ensemble`` rule (pipeline/tasks.py): ``mean_probability``, the mean of the class
 probabilities, then argmax (classification, SST) or p(positive) ≥ 0.5 (binary, QQP);
 ``majority_vote``, the most frequent predicted class (ties to the one with the highest mean
-probability); ``mean`` (regression, STS) or ``median`` of the predicted values. Every member
+probability); ``mean`` (regression, STS) or ``median`` of the predicted values (each clipped to
+the task's range by pipeline/evaluate.py, so their mean and median are too). Every member
 has the same seeds, so one mean over (member, seed) runs is the mean over members of each
 member's seed ensemble.
 """
@@ -80,6 +81,13 @@ def ensemble_metrics(preds: dict[str, pd.DataFrame], dev: dict[str, pd.DataFrame
     specs = specs_for(preds, specs)
     labels = {task: labels_for(specs[task], frame, dev[task]) for task, frame in preds.items()}
     return score_predictions(preds, labels, specs)
+
+
+def empty_test_splits(specs: dict[str, TaskSpec], test: dict[str, pd.DataFrame]) -> list[str]:
+    """The tasks that declare a test file but have no test predictions: the file was absent
+    when prepare ran (a present file without a usable row stops prepare), so their test
+    submission would be a header alone, every id of the leaderboard's missing."""
+    return [task for task, frame in test.items() if specs[task].data.test and frame.empty]
 
 
 def submission_text(task: TaskSpec | str, frame: pd.DataFrame) -> str:

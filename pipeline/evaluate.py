@@ -1,7 +1,11 @@
 """Predictions and metrics, by a task's declared kind and metric (pipeline/tasks.py).
 
 classification (SST): argmax over the classes; binary (QQP): p(positive) ≥ 0.5; regression
-(STS): the value. Metrics: accuracy, macro F1, Pearson r, Spearman ρ; the overall score is
+(STS): the value clipped to the task's declared range (the head regresses freely; a value outside
+the range has no meaning). Every prediction written (a member's dev and test tables, hence the
+ensemble's and the submissions, and ``bestfit-predict``'s) comes from :func:`outputs_to_frame`,
+and metrics score those clipped values, what is submitted (clipping can lower a correlation as
+well as raise it). Metrics: accuracy, macro F1, Pearson r, Spearman ρ; the overall score is
 pipeline.tasks.overall_score (CS224N's by default); a member trained on fewer tasks gets the
 same formula over its own tasks.
 """
@@ -17,14 +21,15 @@ from scipy.special import expit
 from scipy.stats import spearmanr
 
 from pipeline.batching import TokenizedTask, batch_indices, collate, pad
+from pipeline.config import SELECT_OVERALL, MemberConfig
 from pipeline.device import autocast
 from pipeline.model import MultitaskModel
 from pipeline.tasks import TaskSpec, overall_score, specs_for, task_spec
 
 
 def outputs_to_frame(task: TaskSpec | str, ids: list[str], raw: np.ndarray) -> pd.DataFrame:
-    """Turn raw head outputs into the predictions table: ``id``, ``pred`` and, for the
-    classifiers, class probabilities ``p0``…``pK``."""
+    """Turn raw head outputs into the predictions table: ``id``, ``pred`` (a regression's
+    clipped to its declared range) and, for the classifiers, class probabilities ``p0``…``pK``."""
     spec = task_spec(task)
     frame = pd.DataFrame({"id": ids})
     if spec.kind == "classification":
@@ -39,7 +44,7 @@ def outputs_to_frame(task: TaskSpec | str, ids: list[str], raw: np.ndarray) -> p
         frame["p0"] = (1.0 - p1).astype(np.float32)
         frame["p1"] = p1.astype(np.float32)
     else:
-        frame["pred"] = raw.astype(np.float32)
+        frame["pred"] = np.clip(raw, *spec.label_range).astype(np.float32)
     return frame
 
 
@@ -159,3 +164,12 @@ def score_predictions(frames: dict[str, pd.DataFrame], labels: dict[str, np.ndar
                                                     labels[task]) for task in frames}
     metrics["overall"] = overall_score(specs, metrics)
     return metrics
+
+
+def selection_score(member: MemberConfig, metrics: dict[str, float]) -> float:
+    """The dev score that picks ``member``'s best epoch (``train.select_by``): a task's metric as
+    it is; for ``overall`` and ``ensemble``, the overall score over ``member.select_tasks``
+    (every task of the member, or those the ensemble takes from it)."""
+    if member.train.select_by not in SELECT_OVERALL:
+        return metrics[member.train.select_by]
+    return overall_score({t: member.specs[t] for t in member.select_tasks}, metrics)

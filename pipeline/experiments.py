@@ -356,13 +356,18 @@ def _fmt_delta(stats: Mapping[str, Any]) -> str:
 
 
 def report_markdown(report: Mapping[str, Any], header: str) -> str:
-    """The report as Markdown: one section per table."""
+    """The report as Markdown: one section per table, of the rows with results (the others are
+    listed at the end)."""
     lines = [header, "", "Δ is paired by seed against the table's reference run; * marks a Δ "
              "beyond noise: |Δ| > 2σ√(2/n), σ the seed sd pooled over the two runs, and every "
              "seed moving the same way. `reproduces` says whether the paper's direction of "
              "effect holds here.", ""]
     table = None
+    missing = []
     for row in report["rows"]:
+        if not any(row[t]["n"] for t in TASK_METRICS):
+            missing.append(f"{row['table']}/{row['row']}")
+            continue
         if row["table"] != table:
             table = row["table"]
             lines += ["", f"### {table}", "",
@@ -378,6 +383,8 @@ def report_markdown(report: Mapping[str, Any], header: str) -> str:
                      + " | ".join(_fmt(row[t]) for t in TASK_METRICS)
                      + f" | {paper} | " + " | ".join(_fmt_delta(row[t]) for t in TASK_METRICS)
                      + f" | {verdicts} |")
+    if missing:
+        lines += ["", f"Rows without results here: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,9 @@ one call. Only safetensors and JSON are read: loading a member never unpickles a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+try:  # transformers ≥ 5 (its own mask helper, with the skip this project turns off)
+    from transformers.masking_utils import create_bidirectional_mask
+except ImportError:
+    create_bidirectional_mask = None
 
 from pipeline.config import ConfigError, HeadConfig, MemberConfig, ModelConfig, build
 from pipeline.errors import UserError
@@ -49,8 +56,26 @@ PAIR_FEATURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "prod": lambda u, v: u * v,
 }
 
-# One encoded sequence: input_ids, attention_mask and (for BERT) token_type_ids.
+# One encoded sequence: input_ids, (for BERT) token_type_ids, and attention_mask when some row is
+# padded (``batching.pad`` leaves it out of a batch with no padding: see ``attention_mask``).
 Encoding = dict[str, Tensor]
+
+
+def attention_mask(enc: Encoding) -> Tensor:
+    """An encoding's attention mask; one without a mask has no padding (all ones)."""
+    mask = enc.get("attention_mask")
+    return mask if mask is not None else torch.ones_like(enc["input_ids"])
+
+
+def builds_mask_by_helper(backbone: nn.Module) -> bool:
+    """Whether the backbone's forward builds its attention mask with transformers'
+    ``create_bidirectional_mask`` (BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, MPNet …), which
+    takes a prepared 4-D mask as it is."""
+    if create_bidirectional_mask is None or "allow_is_bidirectional_skip" not in (
+            inspect.signature(create_bidirectional_mask).parameters):
+        return False  # an older transformers: it builds and checks its masks as it always did
+    module = sys.modules.get(type(backbone).__module__)
+    return getattr(module, "create_bidirectional_mask", None) is create_bidirectional_mask
 
 
 def resolve_backbone(name: str) -> str:
@@ -73,6 +98,21 @@ def drop_pooler(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+class BackboneError(UserError, OSError):
+    """``model.backbone`` cannot be loaded (a hub id without hub access, a directory that is
+    not a model); an OSError too, as transformers' own error was."""
+
+
+def backbone_error(what: str, name: str, path: str, exc: Exception) -> BackboneError:
+    """One line naming the backbone and, for a name that is no local path, the likely cause;
+    the library's multi-line message is folded onto it."""
+    hint = "" if Path(path).exists() else (
+        " (no hub access? point model.backbone at a local directory, or use `minilm`)"
+    )
+    return BackboneError(f"cannot load {what} {name!r} from {path!r}{hint}: "
+                         f"{' '.join(str(exc).split())}")
+
+
 def load_backbone(name: str) -> nn.Module:
     path = resolve_backbone(name)
     try:
@@ -80,15 +120,17 @@ def load_backbone(name: str) -> nn.Module:
         # checkpoint in fp16, which AdamW would then update in fp16); autocast does the rest.
         return drop_pooler(AutoModel.from_pretrained(path, dtype=torch.float32))
     except OSError as exc:
-        hint = "" if Path(path).exists() else (
-            " (no hub access? point model.backbone at a local directory, or use `minilm`)"
-        )
-        raise OSError(f"cannot load backbone {name!r} from {path!r}{hint}: {exc}") from exc
+        raise backbone_error("backbone", name, path, exc) from exc
 
 
 def load_tokenizer(backbone: str):
-    """The tokenizer of a backbone name (``minilm``, a hub id or a local directory)."""
-    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+    """The tokenizer of a backbone name (``minilm``, a hub id or a local directory); it loads
+    before the backbone, so it gives the backbone's one-line error."""
+    path = resolve_backbone(backbone)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # a name that is no valid hub id is a ValueError
+        raise backbone_error("the tokenizer of backbone", backbone, path, exc) from exc
 
 
 class AttentionPooling(nn.Module):
@@ -181,6 +223,7 @@ class MultitaskModel(nn.Module):
         self.tokenizer = None
         self.backbone = drop_pooler(backbone) if backbone is not None else load_backbone(
             cfg.backbone)
+        self.prepares_masks = builds_mask_by_helper(self.backbone)
         dim = self.backbone.config.hidden_size
         self.attention_pool = AttentionPooling(dim) if cfg.pooling == "attention" else None
         combined = len(cfg.pair_features) * dim if cfg.pair_encoding == "separate" else dim
@@ -246,8 +289,21 @@ class MultitaskModel(nn.Module):
 
     def embed(self, enc: Encoding) -> Tensor:
         """Pooled sentence (or pair) vector of one encoded sequence."""
-        hidden = self.backbone(**enc).last_hidden_state
-        return pool(hidden, enc["attention_mask"], self.cfg.pooling, self.attention_pool)
+        kwargs = dict(enc)
+        if "attention_mask" in enc and self.prepares_masks:
+            kwargs["attention_mask"] = self.encoder_mask(enc["attention_mask"])
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return pool(hidden, attention_mask(enc), self.cfg.pooling, self.attention_pool)
+
+    def encoder_mask(self, mask: Tensor) -> Tensor:
+        """The 4-D mask the backbone would build from a padded batch's 2-D ``mask``, built here
+        without transformers' check that no token is padded (``padding_mask.all()``: a host
+        sync on every forward on a GPU). A batch from ``batching.pad`` with no padding carries
+        no mask at all; a 2-D mask given anyway is taken as padded (an all-ones one then costs
+        SDPA its unmasked kernel)."""
+        shape_of_embeddings = mask.new_empty((*mask.shape, 0), dtype=self.backbone.dtype)
+        return create_bidirectional_mask(self.backbone.config, shape_of_embeddings, mask,
+                                         allow_is_bidirectional_skip=False)
 
     def features(self, task: str, inputs: list[Encoding]) -> Tensor:
         return self.combine(task, [self.embed(enc) for enc in inputs])

@@ -30,6 +30,10 @@ METRIC_CARD = {"accuracy": ("accuracy", "dev accuracy"), "f1": ("f1", "dev macro
                "pearson": ("pearsonr", "dev Pearson r"),
                "spearman": ("spearmanr", "dev Spearman ρ")}
 LOSS_TEXT = {"cross_entropy": "CE", "bce": "BCE", "mse": "MSE", "l1": "L1"}
+# train.precision as the card states it (pipeline/device.py; the heads run in fp32 under autocast).
+PRECISION_TEXT = {"bf16": "bf16 autocast (heads in fp32)",
+                  "fp16": "fp16 autocast with a dynamic loss scale (heads in fp32)",
+                  "fp32": "fp32"}
 
 
 def task_card(spec: TaskSpec) -> dict[str, Any]:
@@ -193,7 +197,7 @@ def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
     sampled = {t: n for t, n in member.train.select_rows.items() if t in member.tasks}
     lines += ["", f"`overall` = {mean} of the task terms ({terms}) "
               f"over this member's tasks. The checkpoint kept is the epoch with the best dev "
-              f"`{member.train.select_by}`"
+              f"`{member.selection_label}`"
               + (f" (epoch {metrics['best_epoch']} of {member.train.epochs})"
                  if "best_epoch" in metrics else "")
               + (" on a fixed sample of the dev rows ("
@@ -244,7 +248,7 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
                       + f", betas {tuple(train.betas)}, weight decay "
                       f"{train.weight_decay:g}, {train.warmup_ratio:.0%} linear warmup then "
                       f"linear decay, gradient clipping {train.max_grad_norm:g}"),
-        ("precision", "bf16 autocast (heads in fp32)" if train.precision == "bf16" else "fp32"),
+        ("precision", PRECISION_TEXT[train.precision]),
         ("losses", losses + (f"; task weights {dict(loss.task_weights)}"
                              if set(loss.task_weights.values()) != {1.0} else "")),
         ("SMART", smart_text),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.losses import contrastive_loss, has_contrastive, task_loss
-from pipeline.model import MultitaskModel, cosine_distance
+from pipeline.model import MultitaskModel, attention_mask, cosine_distance
 from pipeline.smart import perturbable, smart_regularizer
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def task_step_loss(model: MultitaskModel, batch: Batch, member: MemberConfig
             spec, cosine_distance(u, v), batch.labels, member.loss.contrastive_margin,
             member.loss.sts_contrastive_target)
     if smart_lambda > 0:
-        masks = [enc["attention_mask"] for enc in batch.inputs]
+        masks = [attention_mask(enc) for enc in batch.inputs]
         regularizer = smart_regularizer(perturbed_forward, embeds, masks, spec, member.smart,
                                         model, output=output)
         loss = loss + smart_lambda * regularizer

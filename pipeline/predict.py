@@ -225,9 +225,8 @@ def readable_predictions(task: TaskSpec | str, examples: pd.DataFrame, outputs: 
         table["class"] = pred.astype(np.int64)
         table["label"] = [names[k] for k in pred]
     else:
-        # The head regresses freely; a value outside the declared range has no meaning.
-        low, high = spec.label_range
-        table["similarity" if spec.pair else "value"] = np.clip(pred, low, high)
+        # Already clipped to the declared range, as every written prediction is (evaluate.py).
+        table["similarity" if spec.pair else "value"] = pred
     return table
 
 

@@ -28,7 +28,8 @@ g = ∇_δ ℓ_s(f(x + δ), f(x)). ``perturbation`` picks how:
 - ``project``: Jiang et al.'s Algorithm 1. ν ~ N(0, σ²I), then per example
   δ ← Π_ε(δ + η·g/‖g‖_p), Π_ε onto the ε-ball (p = ∞ clamps every coordinate to [−ε, ε]; p = 2
   rescales δ_i to radius ε when outside). f(x) is its own dropout-off pass, so R_s measures
-  smoothness, not dropout noise.
+  smoothness, not dropout noise (at the ``embeddings`` point x itself carries the embedding
+  layer's dropout of the task loss's pass, in f(x) and f(x̃) alike).
 
 λ across modes: under ``project`` ℓ_s and its gradient vanish at δ = 0, so R_s ≈ ½·δᵀHδ = O(ε²),
 at ε = 1e-6 ~1e-12 of the curvature H: below the rounding of the task loss, λ is inert. Under

@@ -6,8 +6,9 @@ A task of ``tasks:`` is one of three kinds, and its kind decides the rest unless
   classes); SMART ℓ_s symmetric KL; accuracy (or macro F1); ensemble: mean probabilities, argmax.
 - binary (QQP): labels 0/1; 1 logit; BCE; symmetric Bernoulli KL; accuracy of p ≥ ½ (or F1);
   ensemble: mean p, ≥ ½.
-- regression (STS): a number in [low, high]; 1 value; MSE (or L1); squared difference; Pearson r
-  (or Spearman ρ); ensemble: mean (or median).
+- regression (STS): a number in [low, high]; 1 value, clipped to [low, high] wherever a
+  prediction is written and scored (pipeline/evaluate.py); MSE (or L1); squared difference;
+  Pearson r (or Spearman ρ); ensemble: mean (or median).
 
 A task is a single sentence or a pair: the number of its text columns. The overall score is
 Σ_t w_t·s_t / Σ_t w_t with s_t the task's metric on a 0–1 scale (accuracy and F1 as they are,

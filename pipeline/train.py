@@ -12,7 +12,10 @@ epoch's end and every ``checkpoint_steps`` steps / ``checkpoint_minutes`` minute
 with the model, optimiser and scheduler, the position in the epoch's batch plan, the RNG states
 and the epoch's running sums, so a run killed at any step resumes to bitwise the outputs of an
 uninterrupted one (on the same device and threads). The ``best/`` snapshot carries the
-fingerprint of the run that wrote it and is never shipped by another.
+fingerprint of the run that wrote it and is never shipped by another; it is written after its
+epoch's checkpoint, which holds the same model, so a kill between the two is repaired from the
+checkpoint. Its dev predictions and metrics are those of the dev rows of the current data (a
+run whose dev rows changed rescores its best epoch).
 """
 
 from __future__ import annotations
@@ -38,14 +41,26 @@ from pipeline.batching import (
     epoch_batches,
     tokenize_member_data,
 )
-from pipeline.checkpoint import CheckpointError, config_fingerprint, load_state, save_state
+from pipeline.checkpoint import (
+    CheckpointError,
+    config_fingerprint,
+    load_state,
+    rows_digest,
+    save_state,
+)
 from pipeline.config import MemberConfig
 from pipeline.data import capped_index
 from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
 from pipeline.errors import UserError
-from pipeline.evaluate import outputs_to_frame, predict, score_predictions, task_metric
-from pipeline.io import atomic_path, write_json, write_parquet
+from pipeline.evaluate import (
+    outputs_to_frame,
+    predict,
+    score_predictions,
+    selection_score,
+    task_metric,
+)
+from pipeline.io import atomic_path, clean_leftovers, write_json, write_parquet
 from pipeline.model import MultitaskModel, load_member_weights, load_tokenizer, save_member
 from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer, build_scheduler
@@ -55,7 +70,8 @@ from pipeline.schedule import EpochPlan, plan_epochs
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
-BEST_STAMP = "run.json"  # in best/: the fingerprint and epoch of the run that wrote it
+BEST_STAMP = "run.json"  # in best/: the run's fingerprint, epoch, and its predictions' dev rows
+SHIPPED = "shipped.json"  # in the checkpoint dir: the finished run's outputs were committed
 CHECKPOINT_FORMAT = 1
 CLOCK_STEPS = 20  # under data parallelism, the ranks agree on a time-based checkpoint this often
 RANK_SEED_STRIDE = 1_000_003  # rank r's dropout seed: one process's + r·this (a prime)
@@ -108,6 +124,8 @@ class EpochProgress:
 
     @classmethod
     def from_state(cls, state: dict, tasks: list[str], device: torch.device) -> EpochProgress:
+        """``state`` as ``load_state`` returns it, on the host (the batch indices are used
+        there); the outputs and loss sums move to ``device``."""
         outputs = {task: [] for task in tasks}
         for task, saved in state["outputs"].items():
             outputs[task] = [(saved["raw"].to(device), saved["index"].numpy())]
@@ -225,6 +243,7 @@ class Trainer:
             params = [q for q in params if id(q) not in shared]  # the heads: PCGrad.reduce
         self.sync_gradients = GradientSync(params, world)
         self.fingerprint = config_fingerprint(member, data)
+        self.dev_digest = rows_digest(data.split("dev"))
         self.result = TrainResult(best_metrics={}, best_epoch=0)
         self._last_checkpoint = (0, time.monotonic())  # (global step, time) of the last one
 
@@ -297,12 +316,20 @@ class Trainer:
 
     def _best_stamp(self) -> dict | None:
         try:
-            return json.loads((self.best_dir / BEST_STAMP).read_text())
+            stamp = json.loads((self.best_dir / BEST_STAMP).read_text())
         except (OSError, ValueError):
             return None
+        return stamp if isinstance(stamp, dict) else None
 
-    def _check_resumable(self, state: dict) -> None:
-        """A checkpoint of this run must also be consistent with itself and with best/."""
+    def _is_best_of(self, stamp: dict | None, epoch: int) -> bool:
+        return bool(stamp) and (stamp.get("fingerprint"), stamp.get("epoch")) == (
+            self.fingerprint, epoch)
+
+    def _check_resumable(self, state: dict, stamp: dict | None) -> bool:
+        """A checkpoint of this run must also be consistent with itself and with best/ (its
+        ``stamp``). True when best/ is to be rebuilt from it: a run killed after writing an
+        epoch's checkpoint, before that new best epoch's snapshot (best/ absent or this run's of
+        an earlier epoch)."""
         epoch, history = state["epoch"], state["result"]["history"]
         best_epoch, in_epoch = state["result"]["best_epoch"], state["in_epoch"]
         problem = None
@@ -316,15 +343,23 @@ class Trainer:
                 in_epoch["epoch"] == epoch + 1 <= self.cfg.epochs
                 and 0 < in_epoch["steps_done"] < len(self.plan.tasks[epoch])):
             problem = f"a position within epoch {in_epoch['epoch']} that its plan does not have"
-        elif best_epoch and self._best_stamp() != {"fingerprint": self.fingerprint,
-                                                   "epoch": best_epoch}:
+        rebuild = bool(best_epoch) and best_epoch == epoch and in_epoch is None and (
+            stamp is None or (stamp.get("fingerprint") == self.fingerprint
+                              and isinstance(stamp.get("epoch"), int) and stamp["epoch"] < epoch))
+        if not problem and best_epoch and not self._is_best_of(stamp, best_epoch) \
+                and not rebuild:
             problem = f"{self.best_dir} is not the snapshot of its best epoch {best_epoch}"
         if problem:
             raise CheckpointError(f"{self.checkpoint_path}: inconsistent checkpoint ({problem}); "
                                   f"delete {self.checkpoint_path.parent} to start afresh")
+        return rebuild
 
     def _load_checkpoint(self) -> tuple[int, EpochProgress | None]:
         """Restore the run's state; (0, None) and a clean slate when there is none of this run."""
+        if self.world.is_main:  # a kill between a write's two renames left the old copy aside
+            clean_leftovers(self.checkpoint_path)
+            clean_leftovers(self.best_dir)
+        self.world.barrier()
         if self.legacy_checkpoint.exists():
             log.warning("%s: a pickle checkpoint of an earlier version; not loaded (pickles can "
                         "run code), training from the start", self.legacy_checkpoint)
@@ -335,7 +370,7 @@ class Trainer:
                 if self.world.is_main:
                     shutil.rmtree(self.best_dir)
             return 0, None
-        state = load_state(self.checkpoint_path, self.device)
+        state = load_state(self.checkpoint_path)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning("%s: a checkpoint of another config or data; training from the start",
                         self.checkpoint_path)
@@ -343,7 +378,7 @@ class Trainer:
                 shutil.rmtree(self.best_dir, ignore_errors=True)
             return 0, None
         try:
-            self._check_resumable(state)
+            rebuild = self._check_resumable(state, self._best_stamp())
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -358,6 +393,11 @@ class Trainer:
             raise CheckpointError(
                 f"{self.checkpoint_path}: does not fit this run ({' '.join(str(exc).split())}"
                 f"); delete {self.checkpoint_path.parent} to start afresh") from None
+        self.world.barrier()  # every rank has read best/'s stamp before rank 0 rewrites it
+        if rebuild:  # the checkpoint's model is its best epoch's; scored at the end of fit
+            log.info("%s: rebuilt from the checkpoint of its best epoch %d", self.best_dir,
+                     state["epoch"])
+            self._save_best(None, state["epoch"])
         progress = None
         if state["in_epoch"] is not None:
             progress = EpochProgress.from_state(state["in_epoch"], list(self.train_sets),
@@ -522,7 +562,6 @@ class Trainer:
                          dev_rows / select_rows if self.sampled else 0.0)
         for past in result.history:
             self._log(past)
-        select = self.cfg.select_by
         for epoch in range(start_epoch + 1, self.cfg.epochs + 1):
             began = time.perf_counter()
             losses = self.train_epoch(epoch, progress)
@@ -547,29 +586,36 @@ class Trainer:
                 record.update(self.pcgrad.epoch_stats())
             result.history.append(record)
             self._log(record)
-            score = metrics.get(select, metrics["overall"])
-            best = not result.best_metrics or score > result.best_metrics.get(
-                select, result.best_metrics["overall"])
+            score = selection_score(self.member, metrics)
+            best = not result.best_metrics or score > selection_score(self.member,
+                                                                      result.best_metrics)
             if best:
                 result.best_metrics, result.best_epoch = metrics, epoch
-                self._save_best(None if self.sampled else dev_predictions, epoch)
+            # The checkpoint first: it holds the new best epoch's model, so a kill before its
+            # snapshot is written is repaired from it on resume (_load_checkpoint).
             self._save_checkpoint(epoch)
+            if best:
+                self._save_best(None if self.sampled else dev_predictions, epoch)
             if self.world.is_main:  # what a user waits for, as it comes
                 tqdm.write(f"{self.member.name} epoch {epoch}/{self.cfg.epochs}: dev"
                            + (f" (sample of {', '.join(self.sampled)})" if self.sampled else "")
                            + " " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                           + f" · select {self.member.selection_label} {score:.4f}"
                            + (" (best)" if best else "") + f" · {clock.summary()}")
-        if self._best_stamp() != {"fingerprint": self.fingerprint, "epoch": result.best_epoch}:
+        stamp = self._best_stamp()
+        if not self._is_best_of(stamp, result.best_epoch):
             raise CheckpointError(f"{self.best_dir}: not this run's best snapshot (epoch "
                                   f"{result.best_epoch}); delete {self.best_dir.parent} and "
                                   f"run again")
-        if self.sampled:
+        if stamp.get("dev") != self.dev_digest:  # sampled, rebuilt, or the dev rows changed
             self._score_best_on_dev()
         return result
 
     def _score_best_on_dev(self) -> None:
-        """The best epoch's model (picked on the selection sample) scored on the whole dev set,
-        once; its predictions join the best snapshot (rank 0 writes)."""
+        """The best epoch's model scored on the whole, current dev set, once: it was picked on
+        the selection sample, its snapshot was rebuilt without predictions, or its predictions
+        are of dev rows that have since changed. Its predictions join the best snapshot (rank 0
+        writes)."""
         result = self.result
         load_member_weights(self.model, self.best_dir / "model")
         began = time.perf_counter()
@@ -583,18 +629,22 @@ class Trainer:
                        + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                        + f" ({duration(time.perf_counter() - began)})")
         self.world.barrier()
-        result.select_metrics, result.best_metrics = result.best_metrics, metrics
+        if self.sampled:
+            result.select_metrics = result.best_metrics
+        result.best_metrics = metrics
 
     def _save_best(self, dev_predictions: dict[str, pd.DataFrame] | None, epoch: int) -> None:
         """Snapshot the model with its dev predictions (None: scored later, on the whole dev
-        set), stamped with this run's fingerprint and the epoch (rank 0 writes, the others
-        wait)."""
+        set), stamped with this run's fingerprint, the epoch and the dev rows the predictions
+        are of (rank 0 writes, the others wait)."""
         if self.world.is_main:
             with atomic_path(self.best_dir) as tmp:
                 save_member(self.model, self.member, self.tokenizer, tmp / "model")
                 for task, frame in (dev_predictions or {}).items():
                     write_parquet(frame, tmp / "predictions" / f"{task}_dev.parquet")
-                write_json({"fingerprint": self.fingerprint, "epoch": epoch}, tmp / BEST_STAMP)
+                write_json({"fingerprint": self.fingerprint, "epoch": epoch,
+                            "dev": None if dev_predictions is None else self.dev_digest},
+                           tmp / BEST_STAMP)
         self.world.barrier()
 
     def _log(self, record: dict[str, float]) -> None:
@@ -604,6 +654,26 @@ class Trainer:
             if name != "epoch":
                 self.live.log_metric(name, value)
         self.live.next_step()
+
+
+def mark_shipped(checkpoint_dir: Path, out_dir: Path) -> None:
+    """Record that the finished run in ``checkpoint_dir`` has its outputs committed (in
+    ``out_dir``): the stage run again (``dvc repro -f``, changed code) then trains afresh."""
+    write_json({"outputs": str(out_dir)}, Path(checkpoint_dir) / SHIPPED)
+
+
+def discard_shipped(checkpoint_dir: Path) -> None:
+    """Remove a shipped run's checkpoint and best snapshot, nothing else of it being needed;
+    the marker goes last, so a kill midway leaves it to finish the job."""
+    marker = Path(checkpoint_dir) / SHIPPED
+    if not marker.is_file():
+        return
+    log.warning("%s: a finished run whose outputs were committed (%s); not resumed, training "
+                "afresh", checkpoint_dir, marker.name)
+    for name in (CHECKPOINT_DIR, BEST_DIR):
+        clean_leftovers(Path(checkpoint_dir) / name)  # no old copy set aside to come back
+        shutil.rmtree(Path(checkpoint_dir) / name, ignore_errors=True)
+    marker.unlink()
 
 
 @dataclass
@@ -643,6 +713,10 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
         "train_seconds": round(result.train_seconds, 1),
         "tokenize_seconds": round(tokenize_seconds, 1),
         "train_examples": {task: len(d) for task, d in trainer.train_sets.items()},
+        # What picked the best epoch, and its score on the rows that picked it; `overall`
+        # above stays the score over every task of the member.
+        "select": {"by": member.train.select_by, "tasks": member.select_tasks,
+                   "score": selection_score(member, result.select_metrics or result.best_metrics)},
     }
     if result.select_metrics:  # the best epoch's scores on the rows that picked it
         metrics["select_sample"] = {**result.select_metrics,

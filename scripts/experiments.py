@@ -9,6 +9,12 @@
 directory holding cs224n/ and amazon/, passed to the experiments as absolute paths (as is
 the WordNet dir of EDA). `report`
 reads `dvc exp show --json` (or `--exp-show FILE`) and writes reports/paper_<scale>.{md,json,png}.
+
+`run` runs the stage commands without DVC, `--jobs` runs at once. With several jobs on a machine
+with GPUs each job trains on a GPU of its own (its commands' CUDA_VISIBLE_DEVICES, drawn from the
+GPUs this process sees); more jobs than GPUs share them round-robin, at most ⌈jobs / GPUs⌉ per
+GPU. With `--jobs 1` a run sees every GPU (for members with `train.processes` > 1, which need
+that many).
 """
 
 from __future__ import annotations
@@ -16,15 +22,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import queue as queues
 import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+from pipeline.device import visible_gpus
 from pipeline.errors import run_stage
 from pipeline.experiments import (
     DEFAULT_MEMBER,
@@ -69,12 +80,37 @@ def _digest(params: dict, keys: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _sh(command: list[str], log: Path) -> None:
+def _sh(command: list[str], log: Path, gpu: str | None = None) -> None:
+    """Run ``command``, its output appended to ``log``; ``gpu``: the only GPU it sees."""
+    env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
     with log.open("a") as out:
-        out.write("$ " + " ".join(command) + "\n")
+        out.write("$ " + ("" if gpu is None else f"CUDA_VISIBLE_DEVICES={gpu} ")
+                  + " ".join(command) + "\n")
         out.flush()
-        if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
+        if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode:
             raise RuntimeError(f"{' '.join(command[:3])} failed; see {log}")
+
+
+class GpuPool:
+    """The GPU a running job trains on: ``jobs`` slots dealt round-robin over ``gpus``, so
+    concurrent jobs get GPUs of their own while there are enough, and share them evenly when
+    not. No GPUs: every job gets None (its commands see what this process sees)."""
+
+    def __init__(self, gpus: list[str], jobs: int):
+        self.slots: queues.Queue[str] | None = queues.Queue() if gpus else None
+        for k in range(jobs if gpus else 0):
+            self.slots.put(gpus[k % len(gpus)])
+
+    @contextmanager
+    def gpu(self) -> Iterator[str | None]:
+        if self.slots is None:
+            yield None
+            return
+        gpu = self.slots.get()
+        try:
+            yield gpu
+        finally:
+            self.slots.put(gpu)
 
 
 def _upstream(params_file: Path, params: dict, members: list[str], root: Path
@@ -127,7 +163,14 @@ def run_direct(args: argparse.Namespace) -> None:
     upstream = {run: _upstream(params_file, params, spec.members.get(run, [DEFAULT_MEMBER]),
                                root) for run, params, params_file, _ in plans}
 
+    # One GPU per concurrent job; one job alone sees them all (train.processes may use them).
+    gpus = GpuPool(visible_gpus() if args.jobs > 1 else [], args.jobs)
+
     def train(plan: tuple) -> None:
+        with gpus.gpu() as gpu:
+            train_on(plan, gpu)
+
+    def train_on(plan: tuple, gpu: str | None) -> None:
         run, params, params_file, run_dir = plan
         prepared, augmented = upstream[run]
         for member in spec.members.get(run, [DEFAULT_MEMBER]):
@@ -140,8 +183,9 @@ def run_direct(args: argparse.Namespace) -> None:
                      "--out", str(out),
                      "--checkpoints", str(seed_dir(run_dir / "checkpoints", member, seed)),
                      "--params", str(params_file), *(["--no-live"] if args.no_live else [])],
-                    run_dir / "train.log")
-                print(f"{run} {member} seed {seed}: done", flush=True)
+                    run_dir / "train.log", gpu)
+                print(f"{run} {member} seed {seed}: done"
+                      + ("" if gpu is None else f" (GPU {gpu})"), flush=True)
 
     lock = threading.Lock()
 
@@ -216,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--wordnet", type=Path, default=Path("data/nltk_data"))
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--runs", help="comma-separated runs (default: every run of the scale)")
-    d.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    d.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once (each on a GPU of its own while there are enough)")
     d.add_argument("--params", default="params.yaml")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override applied after the run's (e.g. a local backbone dir)")

@@ -10,21 +10,25 @@ each member's per-seed scores with their mean, sd and n), `--plots`/<task>_confu
 (classifiers) and <task>_scatter.csv (regressions), `--predictions` (the ensembled dev/test
 tables), `--submission` (CS224N format; file names and headers from params `tasks`) and
 `--cards`/<member>.md: each member's model card with the mean ± sd over its seeds (each seed's
-own card is in its model dir, written by its train stage).
+own card is in its model dir, written by its train stage). A task that declares a test file
+but has no test rows (the file was absent when prepare ran) gets a warning on stderr: its test
+submission holds a header alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import load_params, member_for_seed
-from pipeline.data import load_prepared
+from pipeline.data import REPORT_FILE, load_prepared
 from pipeline.ensemble import (
     average_predictions,
+    empty_test_splits,
     ensemble_metrics,
     labels_for,
     read_member_predictions,
@@ -73,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
             for task, frame in tables.items():
                 (tmp / submission_name(specs[task], split)).write_text(
                     submission_text(specs[task], frame))
+    for task in empty_test_splits(specs, preds["test"]):
+        print(f"ensemble: warning: {task}: no test rows: its declared test file "
+              f"{specs[task].data.test} was absent when prepare ran "
+              f"({args.prepared / REPORT_FILE}), so "
+              f"{args.submission / submission_name(specs[task], 'test')} holds no prediction; a "
+              f"leaderboard scores every missing id as wrong", file=sys.stderr)
     with atomic_path(args.plots) as tmp:
         tmp.mkdir()
         # DVC plots: (label, prediction) per dev row of every task — a confusion matrix for

@@ -7,9 +7,10 @@ seed (an entry of the top-level `seeds:`) and write its outputs.
 
 Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
 `--out`/model/README.md (this seed's dev scores); keeps resumable checkpoints in
-`--checkpoints` (a persistent DVC output). With `train.processes` > 1 it relaunches itself on
-that many processes under torchrun; under a torchrun of one's own (several nodes) it joins the
-launcher's world. Only rank 0 writes.
+`--checkpoints` (a persistent DVC output), marked once the outputs are committed: run again
+after that (forced, or changed code), the stage trains afresh. With `train.processes` > 1 it
+relaunches itself on that many processes under torchrun; under a torchrun of one's own (several
+nodes) it joins the launcher's world. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import pandas as pd
 
 from pipeline.config import load_params, member_for_seed
 from pipeline.data import member_frames
-from pipeline.device import resolve_device
+from pipeline.device import check_processes
 from pipeline.distributed import SINGLE, World, init_world, launched_by_torchrun, torchrun_command
 from pipeline.errors import UserError, run_stage
 from pipeline.io import atomic_outputs, recover_outputs, write_json, write_parquet, write_text
 from pipeline.model_card import CARD_FILE, model_card
 from pipeline.pcgrad import PCGRAD_STEPS_FILE
-from pipeline.train import TrainedMember, train_member
+from pipeline.train import TrainedMember, discard_shipped, mark_shipped, train_member
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,10 @@ def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,
                         f"(move the file away)")
     if world.is_main:
         recover_outputs(out_dir)  # a set whose commit a kill interrupted is finished first
+        # A run whose outputs were committed is not resumed: the stage runs again because it is
+        # forced or its code changed, and trains afresh. A kill before the commit resumes.
+        discard_shipped(checkpoint_dir)
+    world.barrier()  # before any rank reads the checkpoint dir
     trained = train_member(member, frames, checkpoint_dir, live, world)
     if not world.is_main:
         return trained.metrics
@@ -77,6 +82,7 @@ def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,
         write_text(pd.DataFrame(trained.result.pcgrad_steps).to_csv(sep="\t", index=False),
                    Path(live.dir) / PCGRAD_STEPS_FILE)
     write_outputs(trained, out_dir)
+    mark_shipped(checkpoint_dir, out_dir)
     return trained.metrics
 
 
@@ -86,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     member = member_for_seed(params, args.member, args.seed)
     if member.train.processes > 1 and not launched_by_torchrun():
+        check_processes(member.train.device, member.train.processes)
         # train.processes: this stage on that many local processes, through torchrun, in this
         # process's place (a signal to the stage reaches torchrun, which stops its workers).
         command = torchrun_command(member.train.processes, __file__, argv)
         os.execv(command[0], command)
-    world = init_world(resolve_device(member.train.device).type)
+    world = init_world(member.train.device)
     frames = member_frames(member, args.prepared, args.augmented, params.augment.task)
     try:
         if args.no_live or not world.is_main:

@@ -226,6 +226,9 @@ class Templates:
         if proc.rc != 0 or not (ws / "checkpoints" / "last" / "state.json").is_file():
             raise SetupError(f"the valid baseline's training failed ({proc.rc}): "
                              f"{proc.stderr[-2000:]}")
+        # As if killed after training, before its outputs were marked committed: its checkpoint
+        # is resumed by the cases (a shipped run's is discarded, the stage training afresh).
+        (ws / "checkpoints" / "shipped.json").unlink()
         return ws
 
 

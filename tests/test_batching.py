@@ -21,6 +21,7 @@ from pipeline.batching import (
     tokenize_task,
 )
 from pipeline.data import read_task_split
+from pipeline.model import attention_mask
 
 SST = [("s1", "the movie was good", 3), ("s2", "a very boring film", 1),
        ("s3", "i love this story !", 4)]
@@ -170,6 +171,12 @@ def test_pad_to_longest_in_batch():
                       ("token_type_ids", expected_types)]:
         assert enc[key].dtype == torch.long
         assert torch.equal(enc[key], torch.tensor(want)), key
+
+
+def test_pad_leaves_the_mask_out_of_an_unpadded_batch():
+    enc = pad([[2, 7, 3], [2, 8, 3]], [[0, 0, 0], [0, 0, 1]], pad_id=0)
+    assert sorted(enc) == ["input_ids", "token_type_ids"]
+    assert torch.equal(attention_mask(enc), torch.ones((2, 3), dtype=torch.long))
 
 
 def test_pad_without_types_gives_zero_types():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -21,10 +22,12 @@ from pipeline.config import (
     LlmConfig,
     LossConfig,
     ModelConfig,
+    Params,
     Range,
     ReviewsConfig,
     SmartConfig,
     TrainConfig,
+    _ParamsLoader,
     load_params,
     member_for_seed,
     parse_params,
@@ -76,7 +79,8 @@ def test_load_project_params():
 
 
 def test_default_params_are_the_papers_best_submission():
-    # Table 5: SST from the single-task model (batch 16, lr 1e-5); QQP/STS from Table 4's
+    # Table 5: SST from the single-task model, the CS224N classifier (10 epochs, each one full
+    # pass over SST train, batch 16, lr 1e-5); QQP/STS from Table 4's
     # "SC + CS* + SMART(10) + (2e-5, 32)": 4 epochs QQP alone, then 8 round robin.
     params = load_params(PARAMS_YAML)
     multitask, single = params.models["multitask"], params.models["sst_single"]
@@ -89,10 +93,77 @@ def test_default_params_are_the_papers_best_submission():
     assert (train.lr, train.batch_size, multitask.smart.lambda_) == (2e-5, 32, 10.0)
     assert multitask.smart.perturbation == "normalize" and not multitask.pcgrad.enabled
     assert (single.train.batch_size, single.train.lr, single.smart.lambda_) == (16, 1e-5, 0.0)
+    assert (single.train.epochs, single.train.batches_per_epoch, single.train.schedule) == (
+        10, None, "round_robin")
+    # Each member's best epoch is picked on the tasks the ensemble takes from it.
+    assert multitask.train.select_by == single.train.select_by == "ensemble"
+    assert (multitask.select_tasks, single.select_tasks) == (["qqp", "sts"], ["sst"])
     assert params.ensemble == {"sst": ["sst_single"], "qqp": ["multitask"], "sts": ["multitask"]}
     llm = params.augment.llm
     assert (llm.model, llm.max_reviews, llm.min_confidence) == (
         "meta-llama/Meta-Llama-3-8B", 5000, None)
+
+
+# Dataclass fields that are no params.yaml key, and why.
+NOT_PARAMS = {"train.seed": "the train stage's matrix axis, from the top-level `seeds:`"}
+
+
+def params_fields(cls, node, prefix=""):
+    """(yaml path, present in ``node``) of every field of ``cls`` and of the sections nested in
+    it. Task declarations (`tasks:`) and members (`models:`) are mappings of named entries
+    whose unset keys come from the task's kind and from the global sections."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f.name.rstrip("_")
+        path = f"{prefix}{key}"
+        if path in NOT_PARAMS:
+            continue
+        yield path, key in node
+        tp = hints[f.name]
+        for option in typing.get_args(tp) if typing.get_origin(tp) is types.UnionType else [tp]:
+            if dataclasses.is_dataclass(option) and isinstance(node.get(key), dict):
+                yield from params_fields(option, node[key], f"{path}.")
+
+
+def test_every_config_field_has_a_key_in_params_yaml():
+    # params.yaml holds every knob: a field added to a section without its key fails here.
+    source = yaml.safe_load(PARAMS_YAML.read_text())
+    fields = dict(params_fields(Params, source))
+    assert [path for path, present in fields.items() if not present] == []
+    # the walk reaches every section and the sections nested in them
+    assert {"data.seed", "model.head.dropout", "train.custom.epochs", "train.grad_accum",
+            "train.compile", "smart.perturb_at", "pcgrad.enabled", "augment.eda.alpha",
+            "augment.reviews.centroid_rows", "augment.llm.cache_dir", "tasks", "models",
+            "ensemble", "seeds"} <= set(fields)
+
+
+def run_cpu_overrides() -> dict[str, str]:
+    """The `-S key=value` overrides of scripts/run_cpu.sh's `dvc exp run` (`++` kept)."""
+    text = (PARAMS_YAML.parent / "scripts" / "run_cpu.sh").read_text()
+    command = text[text.index("time dvc exp run"):text.index('"$@"')].replace("\\\n", " ")
+    tokens = shlex.split(command)
+    return dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens) if t == "-S")
+
+
+def test_run_cpu_overrides_still_apply():
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    for key, value in run_cpu_overrides().items():
+        *parents, leaf = key.removeprefix("++").split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {}) if key.startswith("++") else node[part]
+        # Hydra: `key=v` sets a key params.yaml has, `++key=v` one it has or not.
+        assert key.startswith("++") or leaf in node, f"run_cpu.sh: -S {key}: no such key"
+        node[leaf] = yaml.load(value, Loader=_ParamsLoader)
+    params = parse_params(raw)
+    single, multitask = params.models["sst_single"], params.models["multitask"]
+    assert (single.train.epochs, single.train.batches_per_epoch, single.train.batch_size,
+            single.train.lr, single.train.schedule) == (2, 270, 16, 1e-4, "round_robin")
+    assert (multitask.tasks, multitask.train.epochs, multitask.train.batches_per_epoch,
+            multitask.train.schedule, multitask.train.select_rows) == (
+        ["qqp", "sts"], 3, 240, "annealed", {"qqp": 2000})
+    # the ensemble takes every task of each member: selection is each member's `overall`
+    assert (single.select_tasks, multitask.select_tasks) == (["sst"], ["qqp", "sts"])
 
 
 def test_load_params_missing_file(tmp_path):
@@ -158,6 +229,51 @@ def test_nested_override_merges_deeply(raw):
     assert params.models["plain"].train.custom == CustomScheduleConfig("qqp", 0.5, 3)
 
 
+PER_TASK_MAPS = [("train", "sampling_weights"), ("train", "select_rows"),
+                 ("loss", "task_weights"), ("smart", "task_lambda")]
+
+
+@pytest.mark.parametrize("value", [{}, None], ids=["empty", "null"])
+def test_a_members_empty_map_replaces_the_global_one(raw, value):
+    raw["train"].update(schedule="annealed", sampling_weights={"sts": 0.6},
+                        select_rows={"qqp": 2000})
+    raw["loss"] = {"task_weights": {"sst": 2.0}}
+    raw["smart"]["task_lambda"] = {"qqp": 1.0}
+    # a round-robin member under a global sampling_weights: configurable only by clearing it
+    raw["models"]["plain"] = {"tasks": ["sst"], "train": {"schedule": "round_robin"}}
+    for section, key in PER_TASK_MAPS:
+        raw["models"]["plain"].setdefault(section, {})[key] = value
+    raw["ensemble"] = {"sst": ["plain"]}
+    params = parse_params(raw)
+    plain, other = params.models["plain"], params.models["big_batch"]
+    for section, key in PER_TASK_MAPS:
+        assert getattr(getattr(plain, section), key) == {}, (section, key)
+    # a member that sets none of them keeps the global maps
+    assert (other.train.sampling_weights, other.train.select_rows, other.loss.task_weights,
+            other.smart.task_lambda) == ({"sts": 0.6}, {"qqp": 2000}, {"sst": 2.0}, {"qqp": 1.0})
+
+
+def test_a_members_empty_map_from_the_command_line(tmp_path):
+    # `dvc exp run -S 'models.m.train.select_rows={}'` writes `select_rows: {}` into params.yaml
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {select_rows: {qqp: 2000}}\n"
+                    "models:\n  m: {train: {select_rows: {}}}\n  n: {}\n")
+    params = load_params(path)
+    assert params.models["m"].train.select_rows == {}
+    assert params.models["n"].train.select_rows == {"qqp": 2000}
+
+
+def test_a_members_non_empty_map_merges_key_by_key(raw):
+    raw["train"]["select_rows"] = {"qqp": 2000, "sts": 800}
+    raw["models"]["plain"]["train"] = {"select_rows": {"sts": 500, "sst": 100}}
+    assert parse_params(raw).models["plain"].train.select_rows == {
+        "qqp": 2000, "sts": 500, "sst": 100}
+    # a nested section given as {} overrides nothing: only a per-task map is cleared by {}
+    raw["model"] = {"head": {"layers": 3}}
+    raw["models"]["plain"]["model"] = {"head": {}}
+    assert parse_params(raw).models["plain"].model.head.layers == 3
+
+
 def test_member_defaults_to_all_tasks(raw):
     raw["models"]["plain"] = None
     assert parse_params(raw).models["plain"].tasks == ["sst", "qqp", "sts"]
@@ -170,6 +286,37 @@ def test_numbers_are_typed(raw):
     assert isinstance(params.train.lr, float) and params.train.lr == 1.0
     assert params.models["plain"].train.batches_per_epoch is None
     assert params.models["big_batch"].train.batches_per_epoch == TrainConfig().batches_per_epoch
+
+
+# --- which tasks pick the best epoch -----------------------------------------------------------
+
+
+def test_select_by_ensemble_selects_on_the_tasks_the_ensemble_takes(raw):
+    raw["train"]["select_by"] = "ensemble"
+    raw["models"]["solo"] = {"tasks": ["qqp", "sts"]}  # not in the ensemble
+    # the ensemble takes sst from plain and big_batch, qqp from plain
+    params = parse_params(raw)
+    assert params.models["plain"].select_tasks == ["sst", "qqp"]
+    assert params.models["big_batch"].select_tasks == ["sst"]
+    assert params.models["solo"].select_tasks == ["qqp", "sts"]  # takes none: all its tasks
+    assert params.models["plain"].selection == "overall(sst, qqp)"
+    assert params.models["solo"].selection == "overall"
+    raw["train"]["select_by"] = "overall"  # every task of the member, whatever the ensemble
+    params = parse_params(raw)
+    assert [m.select_tasks for m in params.models.values()] == [["sst", "qqp", "sts"]] * 2 + [
+        ["qqp", "sts"]]
+    assert params.models["plain"].selection == "overall"
+    raw["train"]["select_by"] = "qqp_acc"
+    params = parse_params(raw)
+    assert params.models["plain"].select_tasks == ["qqp"]
+    assert params.models["plain"].selection == "qqp_acc"
+
+
+def test_select_by_names_the_allowed_values(raw):
+    raw["train"]["select_by"] = "sts_acc"
+    assert ("params.yaml: models.plain.train.select_by: 'sts_acc' is not a dev metric of this "
+            "member; expected one of ['overall', 'ensemble', 'sst_acc', 'qqp_acc', "
+            "'sts_pearson']") in error_of(raw)
 
 
 # --- smart.lambda ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import data
+from pipeline.config import build_tasks
 from pipeline.data import (
     SPLITS,
     DataError,
@@ -269,6 +270,40 @@ def test_empty_second_sentence_rejected(tmp_path):
     table, report = read_task_split(tmp_path, "sts", "train")
     assert table["id"].tolist() == ["y"]
     assert report.to_dict()["rejected"] == {"empty sentence2": 1}
+
+
+def test_test_rows_with_an_empty_text_are_kept(tmp_path):
+    # A submission must hold every test id (a leaderboard scores a missing one as wrong), so at
+    # test time an empty text is an example, predicted from no text; train and dev reject it.
+    write_tsv(tmp_path / "sts-test-student.csv", ["\tid\tsentence1\tsentence2",
+                                                  "0\tx\ta\t ", "1\ty\t\t", "2\tz\ta\tb"])
+    table, report = read_task_split(tmp_path, "sts", "test")
+    assert table["id"].tolist() == ["x", "y", "z"]
+    assert table["sentence1"].tolist() == ["a", "", "a"]
+    assert table["sentence2"].tolist() == ["", "", "b"]
+    d = report.to_dict()
+    assert (d["rows_read"], d["rows_kept"], d["rows_rejected"], d["rows_empty_text"]) == (
+        3, 3, 0, 2)
+    write_tsv(tmp_path / "sts-dev.csv", ["\tid\tsentence1\tsentence2\tsimilarity",
+                                         "0\tx\ta\t \t1.0", "1\tz\ta\tb\t2.0"])
+    table, report = read_task_split(tmp_path, "sts", "dev")
+    assert table["id"].tolist() == ["z"] and report.to_dict()["rows_empty_text"] == 0
+    assert report.to_dict()["rejected"] == {"empty sentence2": 1}
+
+
+def test_tabular_test_rows_with_an_empty_text_are_kept(tmp_path):
+    spec = build_tasks({"pol": {"kind": "binary", "data": {
+        "format": "csv", "dir": str(tmp_path), "train": "t.csv", "dev": "d.csv",
+        "test": "x.csv", "text": ["text"]}}})["pol"]
+    (tmp_path / "x.csv").write_text("id,text\na,good\nb,\nc,  \n")
+    table, report = read_task_split(tmp_path, spec, "test")
+    assert table["id"].tolist() == ["a", "b", "c"]
+    assert table["sentence"].tolist() == ["good", "", ""]
+    assert (report.rows_rejected, report.to_dict()["rows_empty_text"]) == (0, 2)
+    (tmp_path / "d.csv").write_text("id,text,label\na,good,1\nb,,0\n")
+    table, report = read_task_split(tmp_path, spec, "dev")
+    assert table["id"].tolist() == ["a"]
+    assert report.to_dict()["rejected"] == {"empty sentence": 1}
 
 
 # --- malformed files stop with file, line and field -----------------------------------------

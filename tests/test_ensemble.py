@@ -330,6 +330,22 @@ def test_stage_averages_every_seed(tmp_path):
         {"mean": 0.6, "sd": 0.08 ** 0.5, "n": 2})
 
 
+def test_stage_warns_of_a_declared_test_split_with_no_rows(tmp_path):
+    # quora-test-student.csv absent when prepare ran (as in ../shared/data): the qqp test table
+    # is empty, its submission file a header alone, and a leaderboard scores every id wrong.
+    tables = {**MEMBERS["multitask"], "qqp_test": qqp_member([], [])}
+    result = run_stage(tmp_path, {"multitask": {11: (tables, MEMBER_METRICS["multitask"])}},
+                       {"qqp": ["multitask"], "sts": ["multitask"]}, seeds=[11])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "submission" / "para-test-output.csv").read_text() == (
+        "id \t Predicted_Is_Paraphrase \n")
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "ensemble: warning: qqp: no test rows: its declared test file quora-test-student.csv "
+        "was absent when prepare ran (prep/report.json), so submission/para-test-output.csv "
+        "holds no prediction; a leaderboard scores every missing id as wrong"]
+
+
 def declared_plot_axes() -> dict[str, tuple[str, str]]:
     """(x, y) column names of each ensemble plot, as dvc.yaml declares them."""
     plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["ensemble"]["plots"]

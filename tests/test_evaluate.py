@@ -3,6 +3,7 @@ Pearson reference), the overall score, and batched prediction against one-at-a-t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,11 +13,12 @@ import torch
 from scipy.stats import pearsonr
 
 from pipeline.batching import tokenize_task
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, parse_params
 from pipeline.evaluate import (
     outputs_to_frame,
     predict,
     score_predictions,
+    selection_score,
     task_metric,
 )
 from pipeline.model import MultitaskModel
@@ -53,12 +55,27 @@ def test_qqp_frame_sigmoid_by_hand():
     assert frame["p1"].dtype == np.float32
 
 
-def test_sts_frame_passes_values_through():
-    raw = np.array([1.5, -0.25, 4.0], dtype=np.float32)
-    frame = outputs_to_frame("sts", ["1", "2", "3"], raw)
+def test_sts_frame_clips_values_to_the_declared_range():
+    raw = np.array([1.5, -0.25, 4.0, 5.5], dtype=np.float32)
+    frame = outputs_to_frame("sts", ["1", "2", "3", "4"], raw)
     assert list(frame.columns) == ["id", "pred"]
     assert frame["pred"].dtype == np.float32
-    assert frame["pred"].tolist() == [1.5, -0.25, 4.0]
+    assert frame["pred"].tolist() == [1.5, 0.0, 4.0, 5.0]  # STS: [0, 5]
+    spec = dataclasses.replace(default_tasks()["sts"], range=[-1.0, 1.0])
+    assert outputs_to_frame(spec, ["1", "2", "3", "4"], raw)["pred"].tolist() == [
+        1.0, -0.25, 1.0, 1.0]
+
+
+def test_a_regression_is_scored_on_its_clipped_values():
+    # raw [−2, −1, 3] → clipped [0, 0, 3]; labels [0, 1, 3] (mean 4/3).
+    # Clipped: deviations [−1, −1, 2] and [−4/3, −1/3, 5/3]: Σ products 5, Σ² 6 and 42/9
+    # → r = 5 / √(6 · 42/9) = 5 / √28 ≈ 0.9449. Unclipped: deviations [−2, −1, 3], Σ products 8,
+    # Σ² 14 → r = 8 / √(14 · 42/9) ≈ 0.9897: here clipping lowers r.
+    frame = outputs_to_frame("sts", ["a", "b", "c"], np.array([-2.0, -1.0, 3.0], np.float32))
+    metrics = score_predictions({"sts": frame}, {"sts": np.array([0.0, 1.0, 3.0])})
+    assert metrics["sts_pearson"] == pytest.approx(5 / math.sqrt(28))
+    assert task_metric("sts", np.array([-2.0, -1.0, 3.0]), np.array([0.0, 1.0, 3.0])) == (
+        pytest.approx(8 / math.sqrt(14 * 42 / 9)))
 
 
 # -- task_metric / overall_score --------------------------------------------------------------
@@ -104,6 +121,20 @@ def test_score_predictions_names_metrics():
     assert metrics["sst_acc"] == 0.5
     assert metrics["sts_pearson"] == pytest.approx(-1.0)
     assert metrics["overall"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_selection_score_by_hand():
+    raw = {"train": {"select_by": "ensemble", "schedule": "round_robin"},
+           "models": {"m": {}, "s": {"tasks": ["sst"]}},
+           "ensemble": {"sst": ["s"], "qqp": ["m"], "sts": ["m"]}}
+    # SST 0.9, QQP 0.5, STS r 0 → term 0.5; overall (0.9 + 0.5 + 0.5) / 3
+    metrics = {"sst_acc": 0.9, "qqp_acc": 0.5, "sts_pearson": 0.0, "overall": 1.9 / 3}
+    member = parse_params(raw).models["m"]
+    assert selection_score(member, metrics) == pytest.approx((0.5 + 0.5) / 2)  # QQP, STS
+    raw["models"]["m"] = {"train": {"select_by": "overall"}}
+    assert selection_score(parse_params(raw).models["m"], metrics) == metrics["overall"]
+    raw["models"]["m"] = {"train": {"select_by": "sts_pearson"}}
+    assert selection_score(parse_params(raw).models["m"], metrics) == 0.0
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -174,7 +205,35 @@ def test_predict_matches_single_examples_in_original_order(build, tokenizer, tas
         np.testing.assert_allclose(frame["p1"], p1, atol=1e-5)
         np.testing.assert_array_equal(frame["pred"], (p1 >= 0.5).astype(int))
     else:
-        np.testing.assert_allclose(frame["pred"], reference, atol=1e-5)
+        np.testing.assert_allclose(frame["pred"], np.clip(reference, 0, 5), atol=1e-5)
+
+
+@pytest.mark.parametrize("shift, value", [(-100.0, 0.0), (100.0, 5.0)])
+def test_predict_clips_a_regression_head_outside_its_range(tiny_bert, tokenizer, shift, value):
+    # What every written prediction comes from (member dev/test tables, hence the ensemble's
+    # and the submissions): a head far below or above STS's range predicts its end.
+    torch.manual_seed(0)
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert)), ["sts"])
+    last = [m for m in model.heads["sts"].modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += shift
+    data = tokenize_task("sts", frame_for("sts"), tokenizer, 128, "concat")
+    frame = predict(model, data, batch_size=3, device=CPU, precision="fp32", pad_id=0)
+    assert frame["pred"].tolist() == [value] * len(SENTENCES)
+
+
+@pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
+def test_predict_a_test_row_with_an_empty_text(build, tokenizer, pair_encoding):
+    # pipeline.data keeps a test row with an empty text: it is predicted from [CLS] [SEP]
+    model = build(pair_encoding, "mean" if pair_encoding == "separate" else "cls").eval()
+    frame = frame_for("sts")
+    frame.loc[1, "sentence2"] = ""
+    frame.loc[2, ["sentence1", "sentence2"]] = ""
+    data = tokenize_task("sts", frame, tokenizer, 128, pair_encoding)
+    predicted = predict(model, data, batch_size=3, device=CPU, precision="fp32", pad_id=0)
+    assert predicted["id"].tolist() == frame["id"].tolist()
+    reference = [one_at_a_time(model, data, i).item() for i in range(len(data))]
+    np.testing.assert_allclose(predicted["pred"], np.clip(reference, 0, 5), atol=1e-5)
 
 
 def test_predict_empty_task(tiny_bert, tokenizer):
@@ -201,8 +260,8 @@ def test_separate_pairs_embed_each_sentence_once_and_count_pairs(tiny_bert, toke
     data = tokenize_task("sts", frame, tokenizer, 128, "separate")
     embedded, counted = [], []
     original = MultitaskModel.embed
-    monkeypatch.setattr(MultitaskModel, "embed", lambda self, enc, emb=None: embedded.append(
-        len(enc["input_ids"])) or original(self, enc, emb))
+    monkeypatch.setattr(MultitaskModel, "embed", lambda self, enc: embedded.append(
+        len(enc["input_ids"])) or original(self, enc))
     frame = predict(model, data, batch_size=2, device=CPU, precision="fp32", pad_id=0,
                     progress=counted.append)
     # The distinct sentences (2n, less 3 repeats), reported as n pairs.
@@ -210,4 +269,4 @@ def test_separate_pairs_embed_each_sentence_once_and_count_pairs(tiny_bert, toke
     assert frame["id"].tolist() == data.ids
     monkeypatch.setattr(MultitaskModel, "embed", original)
     reference = [one_at_a_time(model, data, i).item() for i in range(n)]
-    np.testing.assert_allclose(frame["pred"], reference, atol=1e-5)
+    np.testing.assert_allclose(frame["pred"], np.clip(reference, 0, 5), atol=1e-5)

@@ -246,3 +246,59 @@ def test_report_takes_each_task_from_the_member_trained_on_it(tmp_path):
                           "sst_single": {1: {"sst_acc": 0.5}}}}
     row = build_report(load_experiments(path), "s", results)["rows"][0]
     assert (row["sst"]["mean"], row["qqp"]["mean"], row["sts"]["mean"]) == (0.5, 0.8, 0.7)
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("gpus, visible, jobs, runs, expected", [
+    (2, None, 2, 2, {"0": 1, "1": 1}),          # a GPU per job
+    (2, "3,5", 3, 3, {"3": 2, "5": 1}),         # more jobs than GPUs: shared round-robin
+    (4, None, 1, 2, {None: 2}),                 # one job at a time sees every GPU
+    (0, None, 2, 2, {None: 2}),                 # no GPU: the environment as it is
+])
+def test_concurrent_jobs_train_on_gpus_of_their_own(tmp_path, monkeypatch, gpus, visible,
+                                                    jobs, runs, expected):
+    import threading
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    script = load_script("experiments")
+    concurrent = threading.Barrier(jobs, timeout=60)  # every job's seed k trains together
+    calls = []
+
+    def fake_run(command, env=None, **kwargs):
+        if "stages/train.py" in command:
+            concurrent.wait()
+            run = Path(command[command.index("--out") + 1]).parents[2].name
+            calls.append((run, command[command.index("--seed") + 1],
+                          None if env is None else env["CUDA_VISIBLE_DEVICES"]))
+            concurrent.wait()
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    experiments = tmp_path / "paper.yaml"
+    experiments.write_text(yaml.safe_dump({
+        "base": {}, "scales": {"s": {"set": {}, "seeds": [1, 2]}},
+        "runs": {f"r{k}": {"train.lr": 1e-4 * (k + 1)} for k in range(runs)}, "tables": {}}))
+    script.main(["--experiments", str(experiments), "run", "--scale", "s", "--data",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--jobs", str(jobs),
+                 "--no-live"])
+    assert len(calls) == 2 * runs
+    for seed in ("1", "2"):  # the GPUs seen by each run's seed k (the jobs train it at once)
+        gpus_at_once = [gpu for _, s, gpu in calls if s == seed]
+        assert {g: gpus_at_once.count(g) for g in gpus_at_once} == expected
+    # a job keeps its GPU for all its seeds
+    assert all(len({gpu for r, _, gpu in calls if r == run}) == 1 for run, _, _ in calls)

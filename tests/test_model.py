@@ -13,13 +13,16 @@ import pytest
 import torch
 import yaml
 from torch import nn
+from transformers import AutoModel
 
+from pipeline.batching import pad
 from pipeline.config import ConfigError, HeadConfig, ModelConfig, parse_params
 from pipeline.errors import UserError
 from pipeline.model import (
     AttentionPooling,
     MultitaskModel,
     SavedModelError,
+    attention_mask,
     load_backbone,
     load_tokenizer,
     mlp_head,
@@ -407,6 +410,53 @@ def test_missing_local_backbone_error_names_it(tmp_path):
         MultitaskModel(ModelConfig(backbone=str(missing)), TASKS)
 
 
+def test_a_hub_id_without_hub_access_is_one_line_for_the_tokenizer_as_for_the_backbone(
+        monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
+    hint = ("(no hub access? point model.backbone at a local directory, or use `minilm`): ")
+    messages = []
+    for load in (load_tokenizer, lambda name: MultitaskModel(ModelConfig(backbone=name), TASKS)):
+        with pytest.raises(UserError) as error:  # a stage prints it as its one error line
+            load("bestfit-tests/no-such-model")
+        messages.append(str(error.value))
+        assert "\n" not in messages[-1]
+        assert isinstance(error.value, OSError)  # what transformers raised, still
+    assert messages[0].startswith("cannot load the tokenizer of backbone "
+                                  "'bestfit-tests/no-such-model' from "
+                                  "'bestfit-tests/no-such-model' " + hint)
+    assert messages[1].startswith("cannot load backbone 'bestfit-tests/no-such-model' from "
+                                  "'bestfit-tests/no-such-model' " + hint)
+
+
+def test_the_train_stage_says_so_in_one_line(monkeypatch, tmp_path, capsys):
+    import huggingface_hub.constants
+    from conftest import load_stage
+    from test_resume import write_prepared
+
+    from pipeline.errors import EXIT_USER_ERROR, run_stage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    write_prepared(tmp_path / "prepared")
+    params = tmp_path / "params.yaml"
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["model"]["backbone"] = "bestfit-tests/no-such-model"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as done:
+        run_stage("train", load_stage("train").main, [
+            "multitask", "--seed", "11", "--prepared", str(tmp_path / "prepared"),
+            "--augmented", str(tmp_path), "--out", str(tmp_path / "out"), "--checkpoints",
+            str(tmp_path / "ckpt"), "--params", str(params), "--no-live"])
+    assert done.value.code == EXIT_USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("train: error: cannot load the tokenizer of backbone "
+                           "'bestfit-tests/no-such-model'")
+    assert "no hub access?" in line
+
+
 @pytest.mark.parametrize("pair_encoding", ["concat", "separate"])
 def test_every_shared_parameter_gets_a_gradient_from_each_task(tiny_bert, tokenizer, pair_encoding):
     # shared_parameters() promises the parameters every task's loss reaches (PCGrad projects
@@ -621,3 +671,36 @@ def test_cosine_head_scalars_are_trained_and_saved(tiny_bert, tokenizer, tmp_pat
 def test_cosine_heads_config_errors(tiny_bert, model, message):
     with pytest.raises(UserError, match=re.escape(message)):
         member_config(tiny_bert, **model)
+
+
+# --- attention masks without a host sync -------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_prepared_masks_give_the_backbones_own_outputs(tiny_bert, tokenizer, monkeypatch,
+                                                       implementation):
+    """A padded batch gets the 4-D mask transformers would build, an unpadded one none, and the
+    encoder's check of the mask on the device (``padding_mask.all()``) is never reached; the
+    hidden states are the backbone's own from the 2-D mask."""
+    import transformers.masking_utils as masking
+
+    torch.manual_seed(0)
+    backbone = AutoModel.from_pretrained(tiny_bert, attn_implementation=implementation).eval()
+    model = MultitaskModel(ModelConfig(backbone=str(tiny_bert), pooling="mean"), TASKS,
+                           backbone=backbone).eval()
+    assert model.prepares_masks
+    padded = encode(tokenizer, SENTENCES)
+    unpadded = pad([[2, 7, 9, 3], [2, 8, 8, 3]], None, pad_id=0)
+    with torch.no_grad():
+        expected = [backbone(**padded).last_hidden_state,
+                    backbone(**unpadded, attention_mask=torch.ones(2, 4)).last_hidden_state]
+        checked = masking._ignore_bidirectional_mask_sdpa
+
+        def no_device_check(padding_mask, *args):
+            assert padding_mask is None, "the mask was checked on the device"
+            return checked(padding_mask, *args)
+
+        monkeypatch.setattr(masking, "_ignore_bidirectional_mask_sdpa", no_device_check)
+        pooled = [model.embed(padded), model.embed(unpadded)]
+    for got, want, enc in zip(pooled, expected, [padded, unpadded], strict=True):
+        assert torch.allclose(got, pool(want, attention_mask(enc), "mean"), atol=1e-6)

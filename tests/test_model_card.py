@@ -218,3 +218,13 @@ def test_a_selection_sample_of_another_members_task_is_not_claimed():
     member = parse_params(raw).models["sst_single"]
     _, body = split_card(model_card(member, METRICS))
     assert "sample of the dev rows" not in body and "dev `overall`" in " ".join(body.split())
+
+
+@pytest.mark.parametrize("precision, text", [
+    ("bf16", "| precision | bf16 autocast (heads in fp32) |"),
+    ("fp16", "| precision | fp16 autocast with a dynamic loss scale (heads in fp32) |"),
+    ("fp32", "| precision | fp32 |")])
+def test_the_card_states_the_precision_the_member_trained_in(precision, text):
+    member = parse_params(params("minilm", precision=precision)).models["multitask"]
+    _, body = split_card(model_card(member, METRICS))
+    assert text in body.splitlines()

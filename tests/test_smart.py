@@ -490,6 +490,8 @@ ARCHITECTURES = {
     "electra": lambda t: t.ElectraConfig(vocab_size=60, embedding_size=16, hidden_size=32,
                                          num_hidden_layers=2, num_attention_heads=2,
                                          intermediate_size=64),
+    "mpnet": lambda t: t.MPNetConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64),
     "albert": lambda t: t.AlbertConfig(vocab_size=60, embedding_size=16, hidden_size=32,
                                        num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=64),
@@ -507,7 +509,7 @@ def test_embeddings_point_is_the_layer_normed_encoder_input(architecture):
     backbone = transformers.AutoModel.from_config(ARCHITECTURES[architecture](transformers))
     model = MultitaskModel(ModelConfig(backbone=architecture), ["sst"], backbone=backbone).eval()
     enc = {k: v for k, v in encodings(vocab=60).items()
-           if k != "token_type_ids" or architecture != "distilbert"}
+           if k != "token_type_ids" or architecture not in ("distilbert", "mpnet")}
     with torch.no_grad():
         output, (x,), forward = perturbable(lambda: model("sst", [enc]),
                                             model.perturbation_point("embeddings"))
