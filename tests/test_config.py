@@ -299,17 +299,17 @@ def test_select_by_ensemble_selects_on_the_tasks_the_ensemble_takes(raw):
     assert params.models["plain"].select_tasks == ["sst", "qqp"]
     assert params.models["big_batch"].select_tasks == ["sst"]
     assert params.models["solo"].select_tasks == ["qqp", "sts"]  # takes none: all its tasks
-    assert params.models["plain"].selection == "overall(sst, qqp)"
-    assert params.models["solo"].selection == "overall"
+    assert params.models["plain"].selection_label == "overall(sst, qqp)"
+    assert params.models["solo"].selection_label == "overall"
     raw["train"]["select_by"] = "overall"  # every task of the member, whatever the ensemble
     params = parse_params(raw)
     assert [m.select_tasks for m in params.models.values()] == [["sst", "qqp", "sts"]] * 2 + [
         ["qqp", "sts"]]
-    assert params.models["plain"].selection == "overall"
+    assert params.models["plain"].selection_label == "overall"
     raw["train"]["select_by"] = "qqp_acc"
     params = parse_params(raw)
     assert params.models["plain"].select_tasks == ["qqp"]
-    assert params.models["plain"].selection == "qqp_acc"
+    assert params.models["plain"].selection_label == "qqp_acc"
 
 
 def test_select_by_names_the_allowed_values(raw):
