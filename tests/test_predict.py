@@ -102,7 +102,9 @@ def test_cli_text_gives_the_models_sst_predictions(saved):
     assert [r["sentence"] for r in rows] == SENTENCES  # input order, whatever the batches
     assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert_rows(rows, expected_rows(model, model_tokenizer(directory), "sst", SENTENCES))
-    assert len({r["p_negative"] for r in rows}) == len(rows)  # the inputs really differ
+    # the inputs really differ (on the whole probability vector: one class's probability can
+    # saturate below the output's 10 decimals for every input of this random model)
+    assert len({tuple(v for k, v in r.items() if k.startswith("p_")) for r in rows}) == len(rows)
     assert done.stderr == ""  # no progress bar for a few sentences
 
 
