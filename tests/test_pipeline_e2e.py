@@ -148,7 +148,9 @@ def test_exp_run_variant_shows_in_metrics_diff(project):
     after = json.loads((project / "metrics.json").read_text())
     assert after != before
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project))
-    assert "metrics.json" in diff and "overall" in diff["metrics.json"]
+    # the ensemble's file is compared (its scores can tie: a random tiny model may predict one
+    # class and a constant, clipped STS in both runs; its times and per-seed figures differ)
+    assert "metrics.json" in diff and diff["metrics.json"]
     shown = run(["dvc", "exp", "show", "--json"], project)
     # The committed baseline and the experiment both carry their scores (git-tracked metrics).
     assert shown.count('"overall"') >= 2 and shown.count('"round_robin"') >= 1
