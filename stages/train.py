@@ -5,6 +5,10 @@ seed (an entry of the top-level `seeds:`) and write its outputs.
         --augmented data/augmented --out models/MEMBER/seed_SEED
         --checkpoints checkpoints/MEMBER/seed_SEED [--params params.yaml]
 
+Its params dep in dvc.yaml is the member's effective config, `data/members/MEMBER.json`
+(stages/configure.py, resolved from params.yaml as here), so a variant that leaves the member's
+config as it was does not re-run it.
+
 Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
 `--out`/model/README.md (this seed's dev scores); keeps resumable checkpoints in
 `--checkpoints` (a persistent DVC output), marked once the outputs are committed: run again

@@ -224,6 +224,24 @@ def test_training_seeds_reach_only_the_train_runs_and_the_ensemble():
             seed = name.rsplit("-", 1)[1]
             assert f"--seed {seed}" in spec["cmd"], f"dvc.yaml: {name}: cmd lacks its seed"
             assert "seeds" not in params, f"dvc.yaml: {name}: a new seed would re-run it"
+        elif name.startswith("configure@"):  # a member's config holds train, not its seeds
+            assert "seeds" not in params, f"dvc.yaml: {name}: a new seed would re-run it"
         elif name != "ensemble":
             assert not any(p in ("seeds", "train") or p.startswith("train.") for p in params), (
                 f"dvc.yaml: {name}: depends on the training seeds")
+
+
+def test_a_train_stage_reads_params_only_through_its_members_config():
+    # The member's resolved config is its one params dep: a shared section's change re-runs
+    # every configure@ stage but only the train stages whose config file it changed.
+    configured = {name.split("@", 1)[1]: entry_paths(spec["outs"])
+                  for name, spec in STAGES.items() if name.startswith("configure@")}
+    assert set(configured) == set(load_params(ROOT / "params.yaml").models)
+    for name, spec in STAGES.items():
+        if name.startswith("train@"):
+            member = name.split("@", 1)[1].rsplit("-", 1)[0]
+            assert not spec.get("params"), f"dvc.yaml: {name}: params beside its member's config"
+            assert configured[member] == [f"data/members/{member}.json"]
+            assert configured[member][0] in entry_paths(spec["deps"]), name
+    keys = set(STAGES[f"configure@{next(iter(configured))}"]["params"])
+    assert {"model", "loss", "train", "smart", "pcgrad", "tasks", "ensemble"} <= keys
