@@ -190,11 +190,12 @@ def run_direct(args: argparse.Namespace) -> None:
     lock = threading.Lock()
 
     def write_results() -> int:
-        """results.json from every finished seed so far (rewritten as runs finish, so a run
-        cut short by a time limit keeps what it finished)."""
+        """results.json from every finished seed so far under ``root``, of this invocation's
+        runs and of the scale's others run earlier (``--runs`` adds to a matrix, never drops
+        its results); rewritten as runs finish, so a run cut short keeps what it finished."""
         results: dict = {}
-        for run, _, _, run_dir in plans:
-            for path in sorted(run_dir.glob("models/*/seed_*/metrics.json")):
+        for run in dict.fromkeys([*spec.scale_runs(args.scale), *runs]):
+            for path in sorted((root / run).glob("models/*/seed_*/metrics.json")):
                 member, seed = path.parent.parent.name, int(path.parent.name[len("seed_"):])
                 metrics = json.loads(path.read_text())
                 results.setdefault(run, {}).setdefault(member, {})[seed] = scalar_metrics(metrics)
