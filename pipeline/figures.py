@@ -264,39 +264,39 @@ def pcgrad_steps_figure(table: pd.DataFrame, path: str | Path, window: int = 50)
 
 
 def report_figure(rows: list[dict], path: str | Path) -> None:
-    """Grouped bars, tasks × experiment rows: the mean over seeds with ±sd error bars (none when
-    ``sd`` is None), n above each bar, and the paper's value as a black diamond. A row is
-    ``{"row": name, "sst": {"mean", "sd", "n"}, "qqp": …, "sts": …, "paper": {"sst": float |
-    None, …}}``; a task a row lacks (or whose mean is None) gets no bar."""
+    """One panel per task, one horizontal bar per experiment row (top to bottom in report
+    order, named on the axis, so any number of rows stays readable): the mean over seeds with
+    ±sd error bars (none when ``sd`` is None), n at the bar's end, and the paper's value as a
+    black diamond. A row is ``{"row": name, "sst": {"mean", "sd", "n"}, "qqp": …, "sts": …,
+    "paper": {"sst": float | None, …}}``; a task a row lacks (or whose mean is None) gets no
+    bar."""
     if not rows:
         raise ValueError("report figure: no rows")
-    tasks = list(TASK_TITLES)
-    width = 0.8 / len(rows)
-    fig = Figure(figsize=(max(6.0, 1.2 * len(rows) * len(tasks)), 4.5))
-    ax = fig.subplots()
-    paper_drawn = False
     for r, row in enumerate(rows):
         if "row" not in row:
             raise ValueError(f"report figure: row {r} has no 'row' name: {row}")
-        x = np.arange(len(tasks)) + (r - (len(rows) - 1) / 2) * width
-        colour = None
-        for t, task in enumerate(tasks):
+    tasks = list(TASK_TITLES)
+    fig = Figure(figsize=(4.0 * len(tasks) + 2.5, 1.2 + 0.32 * len(rows)))
+    axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
+    y = np.arange(len(rows))[::-1]
+    paper_drawn = False
+    for ax, task in zip(axes, tasks, strict=True):
+        for r, row in enumerate(rows):
             cell = row.get(task) or {}
             if cell.get("mean") is not None:
-                bar = ax.bar(x[t], cell["mean"], width, color=colour,
-                             yerr=cell.get("sd"), capsize=3,
-                             label=row["row"] if colour is None else None)
-                colour = bar.patches[0].get_facecolor()
-                top = cell["mean"] + (cell.get("sd") or 0)
-                ax.annotate(f"n={cell.get('n')}", (x[t], top), ha="center", va="bottom",
-                            fontsize="x-small", xytext=(0, 2), textcoords="offset points")
+                ax.barh(y[r], cell["mean"], 0.7, color="tab:blue", xerr=cell.get("sd"),
+                        capsize=2)
+                end = cell["mean"] + (cell.get("sd") or 0)
+                ax.annotate(f"n={cell.get('n')}", (end, y[r]), va="center", fontsize="x-small",
+                            xytext=(3, 0), textcoords="offset points")
             paper = (row.get("paper") or {}).get(task)
             if paper is not None:
-                ax.plot(x[t], paper, "kD", markersize=5,
+                ax.plot(paper, y[r], "kD", markersize=4,
                         label=None if paper_drawn else "paper")
                 paper_drawn = True
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([TASK_TITLES[t] for t in tasks])
-    ax.set(ylabel="dev score (mean ± sd over seeds)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set(title=TASK_TITLES[task], xlabel="dev score (mean ± sd over seeds)")
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([row["row"] for row in rows], fontsize="small")
+    if paper_drawn:
+        fig.legend(fontsize="small", loc="lower right")
     save_png(fig, path)
