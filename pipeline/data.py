@@ -19,10 +19,20 @@ the real files are handled here rather than patched by hand:
 
 Rows that cannot serve as examples (blank or out-of-range label, empty text, repeated id, a
 blank line) are rejected and counted in a report; a file whose shape is wrong (encoding, header,
-field count, quoting) or that has no usable row stops with an error naming the file, line and
-field. In a test split an empty text is kept (and counted): a submission must hold every test
-id, and a leaderboard scores a missing one as wrong. Windows line endings and a UTF-8
-byte-order mark are accepted.
+a column named twice, field count, quoting) or that has no usable row stops with an error naming
+the file, line and field. In a test split an empty text is kept (and counted): a submission must
+hold every test id, and a leaderboard scores a missing one as wrong. Windows line endings and a
+UTF-8 byte-order mark are accepted; a field may be of any length.
+
+Values are taken as written, never coerced: a label is an ASCII number (``0_1`` and a fullwidth
+``１``, which Python's ``float`` reads as 1, are not); in a JSON-lines or parquet file a text
+that is a number, a boolean, a list or an object is an error, and so is a float id; an id
+holding a line break, tab or control character is an error (each id is one submission line).
+
+``prepare`` counts the rows of one split also in another (the same id, or the same example: the
+sentence, a pair in either order, case and spacing aside) per task and pair of splits, and drops
+such train rows when asked (``data.leakage``). Before it opens anything, a FIFO, socket or device
+in a directory it reads stops it: reading one waits forever, and so does DVC, which hashes it.
 """
 
 from __future__ import annotations
@@ -32,10 +42,13 @@ import csv
 import hashlib
 import http.client
 import io
+import json
 import logging
 import math
 import os
 import re
+import stat
+import unicodedata
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -47,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import delimited
 from pipeline.config import MemberConfig
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json, write_parquet
@@ -120,6 +134,9 @@ CS224N_SHA256 = {
 }
 
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+# A label as a file writes a number: ASCII digits only (Python's float() would also read
+# `0_1` as 1 and a fullwidth `１` as 1).
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 class DataError(UserError):
@@ -209,11 +226,10 @@ def _parse_label(text: str, spec: LabelSpec) -> tuple[float | int | None, str | 
     text = text.strip()
     if not text:
         return None, "blank label"
-    try:
-        value = float(text)
-    except ValueError:
+    if not _NUMBER.fullmatch(text):
         return None, "label not a number"
-    if not math.isfinite(value):
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
         return None, "label not a number"
     if spec.integer:
         if not value.is_integer():
@@ -222,6 +238,18 @@ def _parse_label(text: str, spec: LabelSpec) -> tuple[float | int | None, str | 
     if not spec.low <= value <= spec.high:
         return None, "label out of range"
     return value, None
+
+
+def _check_id(row_id: str, where: str) -> None:
+    """An id is one line of a submission file (``id , prediction``): a line break, tab or other
+    control character in it would split or shift that line."""
+    bad = next((c for c in row_id if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is None:
+        return
+    what = {"\n": "a line break (\\n)", "\r": "a carriage return (\\r)", "\t": "a tab"}.get(
+        bad, f"the control character U+{ord(bad):04X}")
+    raise DataError(f"{where}: id {row_id!r} holds {what}; an id is written as one line of the "
+                    "submission file, so it must hold no line break, tab or control character")
 
 
 def _parse_record(
@@ -337,6 +365,7 @@ def _check_header(path: Path, header: list[str], task: TaskSpec, labelled: bool)
     expected = _expected_columns(task, labelled)
     names = [name.strip() for name in header]
     where = f"{path}: line 1 (header)"
+    _refuse_repeated_columns(where, names)
     wanted = f"expected the columns [index column], {', '.join(expected)}"
     if "id" not in names:
         if not any(names):
@@ -380,26 +409,32 @@ def _check_header(path: Path, header: list[str], task: TaskSpec, labelled: bool)
     return index + expected
 
 
-def _bad_quote_field(line_text: str, names: list[str]) -> str:
+def _refuse_repeated_columns(where: str, names: list[str]) -> None:
+    """Stop at a column name given twice (unnamed index columns aside): which of the two a
+    reader would take is a guess."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name and name in first:
+            raise DataError(f"{where}: column {name!r} appears twice (fields {first[name]} and "
+                            f"{i}); each column needs a name of its own")
+        first.setdefault(name, i)
+
+
+def _bad_quote_field(line_text: str, names: list[str], delimiter: str) -> str:
     """`` field N ('name')``: the first field on the line opening a quote it does not close."""
-    for i, value in enumerate(line_text.split("\t")):
+    for i, value in enumerate(line_text.split(delimiter)):
         if value.startswith('"') and not _QUOTED.fullmatch(value.rstrip("\r\n")):
             name = f" ({names[i]!r})" if i < len(names) else ""
             return f", field {i + 1}{name}"
     return ""
 
 
-def _csv_error(path: Path, text: str, start: int, end: int, exc: csv.Error,
-               names: list[str]) -> DataError:
+def _csv_error(path: Path, text: str, start: int, exc: csv.Error, names: list[str],
+               delimiter: str) -> DataError:
     """Turn the CSV reader's error on the record starting at line ``start`` into a DataError
     naming the line and field where the offending quote opens."""
     lines = re.split(r"\r\n|\r|\n", text, maxsplit=start)
-    where = f"{path}: line {start}{_bad_quote_field(lines[start - 1], names)}"
-    if "field larger than field limit" in str(exc):
-        return DataError(
-            f"{where}: a field longer than the limit of {csv.field_size_limit()} characters "
-            f"(read up to line {end}); probably a quote (\") opened here is never closed"
-        )
+    where = f"{path}: line {start}{_bad_quote_field(lines[start - 1], names, delimiter)}"
     if "unexpected end of data" in str(exc):
         return DataError(f"{where}: a quote (\") opened here is never closed before the file ends")
     return DataError(
@@ -408,12 +443,14 @@ def _csv_error(path: Path, text: str, start: int, end: int, exc: csv.Error,
     )
 
 
-def _records(path: Path, text: str, names: list[str]) -> Iterator[tuple[int, list[str]]]:
+def _records(path: Path, text: str, names: list[str], delimiter: str = "\t"
+             ) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line, fields)`` for each record, ``line`` being where it starts (1-based).
 
-    ``names`` (filled in by the caller once the header is read) name the field in an error.
+    ``names`` (filled in by the caller once the header is read) name the field in an error. A
+    field may be of any length (pipeline/delimited.py): a long sentence is read whole.
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True)
+    reader = delimited.reader(io.StringIO(text, newline=""), delimiter)
     line = 0
     while True:
         try:
@@ -421,7 +458,7 @@ def _records(path: Path, text: str, names: list[str]) -> Iterator[tuple[int, lis
         except StopIteration:
             return
         except csv.Error as exc:
-            raise _csv_error(path, text, line + 1, reader.line_num, exc, names) from exc
+            raise _csv_error(path, text, line + 1, exc, names, delimiter) from exc
         yield line + 1, row
         line = reader.line_num
 
@@ -466,8 +503,44 @@ def _source_file(source_dir: Path, task: TaskSpec, split: str) -> Path | None:
             return None
         raise DataError(f"{path}: not found; the {task} {split} split is required")
     if not path.is_file():
-        raise DataError(f"{path}: not a regular file; expected the {task} {split} split file")
+        kind = special_file_kind(path) or "not a regular file"
+        raise DataError(f"{path}: {kind}; expected the {task} {split} split file")
     return path
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(path: Path) -> str | None:
+    """What ``path`` (followed if a link) is when it is a FIFO, socket or device, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), None)
+
+
+def refuse_special_files(directory: Path, what: str) -> None:
+    """Stop at a FIFO, socket or device under ``directory`` (walked, links not followed into
+    directories; only listed when it is the working directory or holds it).
+
+    Reading one waits for a writer forever, and DVC hashes every file of a directory it tracks
+    or depends on: `dvc status` and `dvc repro` hang on it, with no word of why.
+    """
+    directory = Path(directory)
+    here = Path.cwd().resolve()
+    listed_only = directory.resolve() in (here, *here.parents)
+    walk = [(str(directory), [], os.listdir(directory))] if listed_only else os.walk(directory)
+    for root, dirs, files in walk:
+        dirs.sort()
+        for name in sorted(files):
+            kind = special_file_kind(Path(root) / name)
+            if kind is not None:
+                raise DataError(
+                    f"{Path(root) / name}: {kind}, not a regular file, in {what} ({directory}); "
+                    "reading it waits forever and DVC hashes every file there (`dvc status`, "
+                    "`dvc repro` hang): remove it or move it out")
 
 
 def _no_rows_error(path: Path, task: str, split: str, report: SplitReport) -> DataError:
@@ -525,6 +598,7 @@ def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
             raise _field_count_error(path, line, row, names, labels if labelled else None)
         record = dict(zip(names[n_index:], row[n_index:], strict=True))
         values, problems = _parse_record(task, labels, record, labelled)
+        _check_id(values["id"], f"{path}: line {line}, field {n_index + 1} ('id')")
         if values["id"] in seen:
             problems.insert(0, ("duplicate id", values["id"]))
         if problems:
@@ -544,39 +618,155 @@ def read_task_split(source_dir: Path, task: TaskSpec | str, split: str
     return table, report
 
 
-def _read_frame(path: Path, spec: TaskSpec) -> pd.DataFrame:
-    """The file as a table of strings (csv, tsv, jsonl) or of its own types (parquet)."""
-    fmt = spec.data.format
+class _RepeatedKey(Exception):
+    """A JSON object naming one key twice (json.loads keeps the last silently)."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
+
+
+Records = Iterator[tuple[int, dict[str, Any] | None]]  # (line or row, the row; None: blank)
+
+
+def _delimited_records(path: Path, spec: TaskSpec) -> tuple[list[str], Records]:
+    """A CSV or TSV file's header names (spaces around them dropped) and its rows of strings."""
+    delimiter = "," if spec.data.format == "csv" else "\t"
+    text = _read_text(path)
+    names: list[str] = []
+    records = _records(path, text, names, delimiter)
+    header = next(records, None)
+    if header is None:
+        raise DataError(f"{path}: task {spec.name}: empty file; expected a header line")
+    names += [name.strip() for name in header[1]]
+    _refuse_repeated_columns(f"{path}: line 1 (header)", names)
+
+    def rows() -> Records:
+        for line, row in records:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                yield line, None
+            elif len(row) != len(names):
+                raise _field_count_error(path, line, row, names, None)
+            else:
+                yield line, dict(zip(names, row, strict=True))
+
+    return names, rows()
+
+
+def _jsonl_records(path: Path, spec: TaskSpec) -> tuple[list[str], Records]:
+    """A JSON-lines file's keys (in order of first appearance) and its objects, as parsed: a
+    text that is a number stays a number, for :func:`_cell_text` to refuse."""
+    where = f"{path}: task {spec.name}: not a readable jsonl file (tasks.{spec.name}.data.format)"
+    lines = _read_text(path).split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line
+    keys: dict[str, None] = {}
+    rows: list[tuple[int, dict[str, Any] | None]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            rows.append((number, None))
+            continue
+        try:
+            obj = json.loads(line, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: line {number}, column {exc.colno}: {exc.msg}") from None
+        except _RepeatedKey as exc:
+            raise DataError(f"{path}: task {spec.name}: line {number}: key {exc.args[0]!r} "
+                            "appears twice in the object; which one is meant is a guess") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: line {number}: {_kind(obj)}, expected a JSON object "
+                            "({...}) per line")
+        keys.update(dict.fromkeys(obj))
+        rows.append((number, obj))
+    return list(keys), iter(rows)
+
+
+def _parquet_records(path: Path, spec: TaskSpec) -> tuple[list[str], Records]:
+    """A parquet file's columns and its rows (0-based, as a parquet reader counts them), in the
+    file's own types."""
     try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str,
-                               keep_default_na=False, encoding="utf-8-sig")
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: task {spec.name}: not a readable {fmt} file "
+        frame = pd.read_parquet(path)
+    except (ValueError, OSError) as exc:  # pyarrow's errors for a truncated or foreign file
+        raise DataError(f"{path}: task {spec.name}: not a readable parquet file "
                         f"(tasks.{spec.name}.data.format): {' '.join(str(exc).split())}") from None
+    names = [str(c) for c in frame.columns]
+    _refuse_repeated_columns(f"{path}: schema", names)
+    return names, enumerate(frame.to_dict("records"))
 
 
-def _cell_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _kind(value: Any) -> str:
+    """What a cell holds, in JSON's words."""
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, (int, float, np.number)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _cell_text(value: Any, where: str) -> str:
+    """A text cell, stripped ('' when missing); anything but a string is an error, not turned
+    into one (a number where a sentence goes means a wrong column or a broken export)."""
+    if _missing(value):
         return ""
-    return str(value).strip()
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {_kind(value)} ({value!r}); expected text (a string)")
+    return value.strip()
+
+
+def _cell_id(value: Any, where: str) -> str:
+    """An id cell: a string or an integer ('' when missing). A float id is an error: a column of
+    integer ids with a missing value is stored as float, and 12.0 is not the id 12."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and not _missing(value):
+        raise DataError(f"{where}: a number with a fraction part ({value!r}); expected an id, "
+                        "a string or an integer (a column of integer ids with a missing value "
+                        "is stored as float: write the ids as strings)")
+    return _cell_text(value, where)
+
+
+def _label_text(value: Any) -> str | None:
+    """A label cell as text ('' when missing); None for a value no label can be (a boolean, a
+    list, an object)."""
+    if _missing(value):
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return None
 
 
 def _declared_label(value: Any, spec: TaskSpec, labels: LabelSpec, where: str
                     ) -> tuple[float | int | None, str | None]:
     """(label, None), (None, "blank label"), or an error: the declaration says what a label is,
     so one outside it means the declaration or the file is wrong."""
-    text = _cell_text(value)
-    if not text:
+    text = _label_text(value)
+    if text == "":
         return None, "blank label"
-    if spec.kind != "regression" and text in spec.classes:
-        return spec.classes.index(text), None
-    label, reason = _parse_label(text, labels)
-    if reason is None:
-        return label, None
+    if text is not None:
+        if spec.kind != "regression" and text in spec.classes:
+            return spec.classes.index(text), None
+        label, reason = _parse_label(text, labels)
+        if reason is None:
+            return label, None
     if spec.kind == "regression":
         expected = f"a number in tasks.{spec.name}.range {list(spec.range)}"
     else:
@@ -585,14 +775,19 @@ def _declared_label(value: Any, spec: TaskSpec, labels: LabelSpec, where: str
     raise DataError(f"{where}: {value!r} is not a declared label; expected {expected}")
 
 
+READERS = {"csv": _delimited_records, "tsv": _delimited_records, "jsonl": _jsonl_records,
+           "parquet": _parquet_records}
+
+
 def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) -> pd.DataFrame:
     """Read a task's CSV, TSV, JSON-lines or parquet file into its prepared schema.
 
-    Rows with a blank label, a repeated id or (train, dev) an empty text are rejected and
-    counted; a declared column missing from the file, or a label outside the declared classes
-    or range, is an error naming the task, the file, the row and the field.
+    Rows with a blank label, a repeated id, (train, dev) an empty text, or blank lines are
+    rejected and counted; a declared column missing from the file, a column named twice, a
+    label outside the declared classes or range, a text that is not a string or an id holding
+    a line break is an error naming the task, the file, the row and the field.
     """
-    frame = _read_frame(path, spec)
+    columns, records = READERS[spec.data.format](path, spec)
     labelled = split != "test"
     files = spec.data
     declared = {f"text[{k}]": col for k, col in enumerate(files.text)}
@@ -601,31 +796,36 @@ def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) ->
     if labelled:
         declared["label"] = files.label
     for key, column in declared.items():
-        if column not in frame.columns:
+        if column not in columns:
+            near = [c for c in columns if c.strip() == column]
+            hint = f" ({near[0]!r} has spaces around its name)" if near else ""
             raise DataError(f"{path}: task {spec.name}: column {column!r} "
                             f"(tasks.{spec.name}.data.{key.split('[')[0]}) is not in the file; "
-                            f"its columns: {[str(c) for c in frame.columns]}")
+                            f"its columns: {columns}{hint}")
     labels = label_spec(spec)
-    # Where a row sits, as an editor or a parquet reader counts it.
-    first = {"csv": 2, "tsv": 2, "jsonl": 1, "parquet": 0}[files.format]
     unit = "row" if files.format == "parquet" else "line"
-    columns: dict[str, list[Any]] = {col: [] for col in schema(spec)}
+    table: dict[str, list[Any]] = {col: [] for col in schema(spec)}
     seen: set[str] = set()
-    for k, record in enumerate(frame.to_dict("records")):
+    for k, (line, record) in enumerate(records):
         report.rows_read += 1
-        line = first + k
-        row_id = _cell_text(record[files.id]) if files.id is not None else str(k)
+        if record is None:
+            report.reject(line, "", [("blank line", "")])
+            continue
+        at = f"{path}: task {spec.name}: {unit} {line}, field"
+        id_at = f"{at} {files.id or 'id'!r}"
+        row_id = _cell_id(record.get(files.id), id_at) if files.id is not None else str(k)
+        _check_id(row_id, id_at)
         values: dict[str, Any] = {"id": row_id, "label": None}
         problems = [("blank id", "")] if not row_id else []
         if row_id in seen:
             problems.append(("duplicate id", row_id))
         for file_col, col in zip(files.text, spec.text_columns, strict=True):
-            values[col] = _cell_text(record[file_col])
+            values[col] = _cell_text(record.get(file_col), f"{at} {file_col!r}")
             if not values[col] and labelled:
                 problems.append((f"empty {col}", ""))
         if labelled:
-            where = f"{path}: task {spec.name}: {unit} {line}, field {files.label!r}"
-            values["label"], reason = _declared_label(record[files.label], spec, labels, where)
+            values["label"], reason = _declared_label(record.get(files.label), spec, labels,
+                                                      f"{at} {files.label!r}")
             if reason is not None:
                 problems.append((reason, ""))
         if problems:
@@ -635,10 +835,10 @@ def read_tabular(path: Path, spec: TaskSpec, split: str, report: SplitReport) ->
             report.rows_empty_text += 1
         seen.add(row_id)
         for col, value in values.items():
-            columns[col].append(value)
-    report.rows_kept = len(columns["id"])
+            table[col].append(value)
+    report.rows_kept = len(table["id"])
     return pd.DataFrame(
-        {col: pd.Series(columns[col], dtype=dtype) for col, dtype in schema(spec).items()})
+        {col: pd.Series(table[col], dtype=dtype) for col, dtype in schema(spec).items()})
 
 
 def load_prepared(prepared_dir: Path, task: TaskSpec | str, split: str) -> pd.DataFrame:
@@ -835,6 +1035,50 @@ def cap_rows(table: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     return table if keep is None else table.iloc[keep].reset_index(drop=True)
 
 
+# Leakage: a row of one split whose id, or whose example, is also in a later split. Only train
+# rows are ever dropped (data.leakage: drop); dev and test stay the benchmark's own.
+LEAKAGE = ("keep", "drop")
+LEAKAGE_PAIRS = (("train", "dev"), ("train", "test"), ("dev", "test"))
+LEAKAGE_EXAMPLES = 5
+
+
+def _example_keys(table: pd.DataFrame, spec: TaskSpec) -> pd.Series:
+    """Each row's example with case and spacing folded; a pair's sentences in sorted order,
+    so that (a, b) and (b, a) are the same pair."""
+    texts = [table[col].map(lambda text: " ".join(text.casefold().split()))
+             for col in spec.text_columns]
+    if len(texts) == 1:
+        return texts[0]
+    return pd.Series([f"{min(a, b)}\0{max(a, b)}" for a, b in zip(*texts, strict=True)],
+                     index=table.index, dtype=object)
+
+
+def leaked_rows(first: pd.DataFrame, second: pd.DataFrame, spec: TaskSpec
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of ``first`` have their id in ``second``, and which their example (the
+    sentence, or the pair in either order, case and spacing aside)."""
+    same_id = first["id"].isin(set(second["id"])).to_numpy(bool)
+    same_example = _example_keys(first, spec).isin(set(_example_keys(second, spec)))
+    return same_id, same_example.to_numpy(bool)
+
+
+def _leakage(tables: dict[str, pd.DataFrame], spec: TaskSpec
+             ) -> tuple[dict[str, Any], np.ndarray]:
+    """``report.json``'s leakage counts of one task, and which train rows leak into dev or
+    test."""
+    counts, train_leaks = {}, np.zeros(len(tables["train"]), bool)
+    for first, second in LEAKAGE_PAIRS:
+        same_id, same_example = leaked_rows(tables[first], tables[second], spec)
+        leaked = same_id | same_example
+        counts[f"{first}-{second}"] = {
+            "rows": int(leaked.sum()), "same_id": int(same_id.sum()),
+            "same_example": int(same_example.sum()),
+            "examples": tables[first]["id"][leaked].head(LEAKAGE_EXAMPLES).tolist()}
+        if first == "train":
+            train_leaks |= leaked
+    return counts, train_leaks
+
+
 @dataclass
 class Prepared:
     """Every split of every task, validated and capped, and the report of how (``report.json``:
@@ -847,12 +1091,16 @@ class Prepared:
 def prepare(
     source: str, train_rows: dict[str, int], seed: int, cache_dir: Path,
     dev_rows: dict[str, int] | None = None, tasks: dict[str, TaskSpec] | None = None,
+    leakage: str = "keep",
 ) -> Prepared:
     """Read every split of every task (default: the CS224N ones) from its files; ``source`` is
     where the cs224n-format files are (downloaded into ``cache_dir`` when a URL).
 
-    ``train_rows`` / ``dev_rows`` cap a task's train / dev split to a seeded sample (CPU-sized
-    runs: QQP's 20k dev pairs would cost more than a short epoch to score).
+    Train rows also in dev or test (the same id, or the same example) are counted in the
+    report, and dropped from train when ``leakage`` is ``drop``; dev rows also in test are
+    counted. ``train_rows`` / ``dev_rows`` then cap a task's train / dev split to a seeded
+    sample (CPU-sized runs: QQP's 20k dev pairs would cost more than a short epoch to score).
+    Before any file is opened, a FIFO, socket or device beside the files stops it.
     """
     tasks = tasks or default_tasks()
     caps = {"train": train_rows, "dev": dev_rows or {}}
@@ -861,11 +1109,27 @@ def prepare(
         if bad:
             raise DataError(
                 f"data.{split}_rows: expected positive caps for tasks {list(tasks)}, got {bad}")
+    if leakage not in LEAKAGE:
+        raise DataError(f"data.leakage: {leakage!r}; expected one of {list(LEAKAGE)}")
     source_dir = fetch_source(source, cache_dir, tasks) if _source_tasks(tasks) else Path(".")
-    tables, reports = {}, {}
+    for directory in dict.fromkeys(
+            (task_dir(spec, source_dir) / name).parent for spec in tasks.values()
+            for split in SPLITS if (name := file_name(spec, split))):
+        if directory.is_dir():
+            refuse_special_files(directory, "a data directory prepare reads")
+    tables, reports, leaks = {}, {}, {}
     for task, spec in tasks.items():
+        read = {split: read_task_split(source_dir, spec, split) for split in SPLITS}
+        split_tables = {split: table for split, (table, _) in read.items()}
+        leaks[task], train_leaks = _leakage(split_tables, spec)
+        if leakage == "drop":
+            leaks[task]["train_rows_dropped"] = int(train_leaks.sum())
+            if train_leaks.all():
+                raise DataError(f"{task} train: all {len(train_leaks)} rows are also in dev or "
+                                "test (data.leakage: drop leaves none)")
+            split_tables["train"] = split_tables["train"][~train_leaks].reset_index(drop=True)
         for split in SPLITS:
-            table, report = read_task_split(source_dir, spec, split)
+            table, report = split_tables[split], read[split][1]
             if split in caps:
                 table = cap_rows(table, caps[split].get(task), seed)
             report.rows_written = len(table)
@@ -878,6 +1142,8 @@ def prepare(
         "tasks": {
             task: {split: reports[task, split].to_dict() for split in SPLITS} for task in tasks
         },
+        # Counted on the splits as read, before the caps.
+        "leakage": {"policy": leakage, "tasks": leaks},
     }
     return Prepared(tables, summary)
 

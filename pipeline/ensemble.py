@@ -32,7 +32,8 @@ def average_predictions(task: TaskSpec | str, frames: dict[str, pd.DataFrame]) -
     task = spec.name
     names = list(frames)
     if not names:
-        raise ValueError(f"ensemble.{task}: names no member")
+        raise UserError(f"ensemble.{task}: names no member; expected a list of at least one "
+                        f"member of `models`")
     first = frames[names[0]]
     ids = first["id"].astype(str)
     aligned = []
@@ -99,8 +100,9 @@ def submission_text(task: TaskSpec | str, frame: pd.DataFrame) -> str:
 
 
 def submission_name(task: TaskSpec | str, split: str) -> str:
-    spec = task_spec(task)
-    return spec.submission.file.format(split=split, task=spec.name)
+    """The file name of ``split``'s submission (its template is checked where the task is
+    declared, :mod:`pipeline.tasks`: a plain name inside the submission directory)."""
+    return task_spec(task).submission_file(split)
 
 
 def _member_file(models_dir: Path, member: str, seed: int, name: str) -> Path:

@@ -6,6 +6,17 @@ one, so the old directory is first renamed aside (``.<name>.old-*``), the new on
 the old one deleted: a kill between the two renames leaves the old output aside, and the next
 write of that path (or :func:`clean_leftovers`) puts it back before anything else.
 
+A directory never replaces a file nor a file a directory unless the caller says the kind changes
+on purpose (``kind_change``): ``--output results`` naming an existing directory is refused, not
+turned into a file. A path that no temporary name can be renamed onto (a FIFO, a device,
+``/dev/stdout``, ``/proc/self/fd/1``) is written directly.
+
+Several processes may write the same directory at once. Each temporary (and each old copy set
+aside) is locked by its writer (``flock`` on the directory itself, so nothing else is written):
+the lock is released when the writer ends, however it ends, so cleaning takes only unlocked
+ones, those of writers gone. Creating, cleaning and renaming in a directory hold a lock on that
+directory for the instant they take, so two writers' renames never interleave.
+
 Several outputs that belong together (a member's model, predictions and metrics) are committed
 as one by :func:`atomic_outputs`: all are staged, a journal naming them is written, then each is
 renamed into place. A kill during the renames leaves the journal, and the next start rolls the
@@ -15,10 +26,14 @@ than the killed run lasted.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,95 +41,236 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.errors import UserError
+
 TMP_MARK, OLD_MARK = ".tmp-", ".old-"
 JOURNAL = ".outputs-commit.json"
+STAGE = "outputs"  # a set's staging dir is `.outputs.tmp-*` in its directory
 
 
-def _aside(path: Path, mark: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}{mark}", dir=path.parent))
+class OutputError(UserError):
+    """An output path holding the other kind of thing (a directory where a file is written)."""
+
+
+# flock excludes other open descriptions of a directory, this process's own too: the
+# directories this process holds (those it writes in, its own temporaries) are remembered, so
+# that a nested hold is a no-op.
+_held: dict[str, int] = {}
+_held_guard = threading.RLock()
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a forked child may share the description
+    os.close(fd)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold ``directory`` against other processes creating, cleaning or renaming in it."""
+    key = os.path.realpath(directory)
+    with _held_guard:
+        if key in _held:
+            yield
+            return
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _held[key] = fd
+            yield
+        finally:
+            _held.pop(key, None)
+            _unlock(fd)
+
+
+def _new_aside(path: Path, mark: str) -> tuple[Path, str]:
+    """A new directory ``.<name><mark>*`` beside ``path``, locked (the mark of a live writer)
+    until :func:`_release` is given the key returned with it."""
+    with _locked(path.parent):
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{mark}", dir=path.parent))
+        fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: no one else can hold it
+    key = os.path.realpath(aside)
+    with _held_guard:
+        _held[key] = fd
+    return aside, key
+
+
+def _release(key: str) -> None:
+    with _held_guard:
+        _unlock(_held.pop(key))
+
+
+def _claim(aside: Path) -> int | None:
+    """The lock of ``aside`` when its writer is gone (then it is ours to clean), else None."""
+    try:
+        fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # gone meanwhile, or not a directory of ours
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live writer's
+        os.close(fd)
+        return None
+    return fd
+
+
+def _leftovers(path: Path, mark: str) -> list[Path]:
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}{mark}*"))
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _refuse_kind_change(new: Path, path: Path) -> None:
+    """Raise when ``new`` would replace a directory by a file or a file by a directory."""
+    if not os.path.lexists(path) or _is_dir(path) == _is_dir(new):
+        return
+    found, wrote = ("a directory", "a file") if _is_dir(path) else ("a file", "a directory")
+    raise OutputError(f"{path}: is {found}, and this output is {wrote}: refusing to replace "
+                      f"{found} by {wrote}; move it away or choose another path")
+
+
+def _written_in_place(path: Path) -> bool:
+    """A FIFO, device, socket or descriptor (``/dev/stdout``, ``/proc/self/fd/1``, even when
+    it leads to a regular file): nothing can be renamed onto it, so it is written directly."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISDIR(mode):
+        return False
+    return not stat.S_ISREG(mode) or os.path.abspath(path).startswith(("/dev/", "/proc/"))
 
 
 def replace_path(new: Path, path: Path) -> None:
     """Rename ``new`` onto ``path`` (a file or a directory), never leaving ``path`` empty-handed
-    but for the instant between two renames, which :func:`clean_leftovers` repairs."""
-    if path.is_dir() and not path.is_symlink():
-        old = _aside(path, OLD_MARK) / path.name
-        os.replace(path, old)
-        os.replace(new, path)
-        shutil.rmtree(old.parent, ignore_errors=True)
-    else:
-        os.replace(new, path)
+    but for the instant between two renames, which :func:`clean_leftovers` repairs. The callers
+    check the kinds (:func:`atomic_path`, :func:`atomic_outputs`)."""
+    with _locked(path.parent):
+        if not os.path.lexists(path) or not (_is_dir(path) or _is_dir(new)):
+            os.replace(new, path)
+            return
+        aside, key = _new_aside(path, OLD_MARK)
+        try:
+            os.replace(path, aside / path.name)
+            os.replace(new, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        finally:  # a failure between the renames leaves the old copy for clean_leftovers
+            _release(key)
 
 
 def clean_leftovers(path: str | Path) -> None:
     """Undo what a killed writer of ``path`` left: restore an old directory set aside and never
-    replaced, delete temporary and old copies."""
+    replaced, delete temporary and old copies. A live writer's are left alone."""
     path = Path(path)
     if not path.parent.is_dir():
         return
-    for aside in sorted(path.parent.glob(f".{path.name}{OLD_MARK}*")):
-        old = aside / path.name
-        if old.exists() and not path.exists():
-            os.replace(old, path)
-        shutil.rmtree(aside, ignore_errors=True)
-    for tmp in path.parent.glob(f".{path.name}{TMP_MARK}*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _locked(path.parent):
+        for mark in (OLD_MARK, TMP_MARK):
+            for aside in _leftovers(path, mark):
+                fd = _claim(aside)
+                if fd is None:
+                    continue
+                old = aside / path.name
+                if mark == OLD_MARK and os.path.lexists(old) and not os.path.lexists(path):
+                    os.replace(old, path)
+                shutil.rmtree(aside, ignore_errors=True)
+                _unlock(fd)
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, kind_change: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
     Works for files and directories (a directory written at the temporary path replaces the old
-    one whole). Leftovers of a killed earlier write of ``path`` are cleaned first.
+    one whole); one kind never replaces the other unless ``kind_change``. Leftovers of a killed
+    earlier write of ``path`` are cleaned first. A special file is yielded itself.
     """
     path = Path(path)
+    if _written_in_place(path):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(path)
-    tmp = _aside(path, TMP_MARK) / path.name
+    aside, key = _new_aside(path, TMP_MARK)
     try:
+        tmp = aside / path.name
         yield tmp
+        if not kind_change:
+            _refuse_kind_change(tmp, path)
         replace_path(tmp, path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        _release(key)
+
+
+def _roll_forward(directory: Path) -> None:
+    """Rename the outputs staged by a set whose journal is in ``directory`` into place."""
+    journal = directory / JOURNAL
+    if not journal.exists():
+        return
+    entry = json.loads(journal.read_text())
+    stage = directory / entry["stage"]
+    for name in entry["names"]:
+        clean_leftovers(directory / name)
+        if os.path.lexists(stage / name):
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            replace_path(stage / name, directory / name)
+    journal.unlink()
 
 
 def recover_outputs(directory: str | Path) -> None:
     """Finish a set of outputs whose commit was killed (:func:`atomic_outputs`); remove the
-    staging dirs of sets killed before their commit."""
+    staging dirs of sets whose writer is gone before their commit."""
     directory = Path(directory)
-    journal = directory / JOURNAL
-    if journal.exists():
-        entry = json.loads(journal.read_text())
-        stage = directory / entry["stage"]
-        for name in entry["names"]:
-            clean_leftovers(directory / name)
-            if (stage / name).exists():
-                replace_path(stage / name, directory / name)
-        journal.unlink()
-    for stage in directory.glob(f".outputs{TMP_MARK}*"):
-        shutil.rmtree(stage, ignore_errors=True)
+    if not directory.is_dir():
+        return
+    with _locked(directory):
+        _roll_forward(directory)
+        for stage in _leftovers(directory / STAGE, TMP_MARK):
+            fd = _claim(stage)
+            if fd is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+                _unlock(fd)
 
 
 @contextmanager
 def atomic_outputs(directory: str | Path, names: Sequence[str]) -> Iterator[dict[str, Path]]:
-    """Yield a temporary path for each of ``names`` (files or directories in ``directory``); on
-    success all of them replace the old outputs as one set (see the module docstring)."""
+    """Yield a temporary path for each of ``names`` (files or directories in ``directory``, or
+    in its subdirectories: ``out/metrics.json``); on success all of them replace the old outputs
+    as one set (see the module docstring). Each keeps its kind, file or directory."""
     directory = Path(directory)
+    bad = [name for name in names if Path(name).is_absolute() or ".." in Path(name).parts]
+    if bad:
+        raise ValueError(f"atomic_outputs: {bad} are not paths inside {directory}")
     directory.mkdir(parents=True, exist_ok=True)
     recover_outputs(directory)
-    stage = Path(tempfile.mkdtemp(prefix=f".outputs{TMP_MARK}", dir=directory))
+    for name in names:
+        clean_leftovers(directory / name)
+    stage, key = _new_aside(directory / STAGE, TMP_MARK)
+    disposable = True  # no journal names the stage's contents
     try:
-        yield {name: stage / name for name in names}
-        missing = [name for name in names if not (stage / name).exists()]
+        paths = {name: stage / name for name in names}
+        for tmp in paths.values():
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        yield paths
+        missing = [name for name in names if not os.path.lexists(paths[name])]
         if missing:
             raise RuntimeError(f"atomic_outputs: {missing} not written under {stage}")
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    # From here on the set is committed: a kill leaves the journal to roll forward from.
-    write_json({"stage": stage.name, "names": list(names)}, directory / JOURNAL)
-    recover_outputs(directory)
+        for name in names:
+            _refuse_kind_change(paths[name], directory / name)
+        with _locked(directory):
+            write_json({"stage": stage.name, "names": list(names)}, directory / JOURNAL)
+            # The set is committed: a kill or failure from here leaves the journal and the
+            # staged outputs to roll forward from.
+            disposable = False
+            _roll_forward(directory)
+            disposable = True
+    finally:
+        if disposable:
+            shutil.rmtree(stage, ignore_errors=True)
+        _release(key)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:

@@ -13,6 +13,15 @@ A trained member is saved as a Hugging Face style directory (``save_member``): t
 ``config.json`` and safetensors, its tokenizer, the pooler and heads as ``heads.safetensors`` and
 the member config as ``bestfit.json``; ``MultitaskModel.from_pretrained(dir)`` loads it back in
 one call. Only safetensors and JSON are read: loading a member never unpickles anything.
+
+A model directory may come from elsewhere, so loading one never runs code and never trusts its
+declarations: every loader passes ``trust_remote_code=False`` (an ``auto_map`` naming the
+directory's own modules is refused, or ignored in favour of the built-in architecture its
+``model_type`` names, and transformers never asks on stdin whether to run it); every file in it
+must be a regular file (a device would be read forever, a FIFO blocks); the model its config
+declares is first built on the meta device and compared with the safetensors headers, so a config
+of 100,000 layers or a 10¹⁰-word vocabulary stops with one line before anything is allocated; and
+its tokenizer must read words of its own vocabulary as known tokens.
 """
 
 from __future__ import annotations
@@ -20,34 +29,60 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
+import re
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from huggingface_hub.errors import StrictDataclassError  # a config field of the wrong type
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from torch.nn.modules.module import register_module_parameter_registration_hook
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 try:  # transformers ≥ 5 (its own mask helper, with the skip this project turns off)
     from transformers.masking_utils import create_bidirectional_mask
 except ImportError:
     create_bidirectional_mask = None
 
-from pipeline.config import ConfigError, HeadConfig, MemberConfig, ModelConfig, build
+from pipeline.config import (
+    ConfigError,
+    HeadConfig,
+    MemberConfig,
+    ModelConfig,
+    build,
+    check_max_length,
+)
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.tasks import TaskSpec, task_spec
+
+log = logging.getLogger(__name__)
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A saved member's own files, beside the backbone's and the tokenizer's (save_member).
 MEMBER_CONFIG_FILE = "bestfit.json"
 HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "config.json"
+WEIGHTS = "model*.safetensors"  # the backbone's weights: one file or its shards
 # The files a saved tokenizer's vocabulary lives in (fast; WordPiece or BPE; SentencePiece).
 TOKENIZER_VOCABULARY = ("tokenizer.json", "vocab.*", "*.model")
+# The tokenizer's JSON files: each must parse, as transformers' own errors on them vary (a
+# KeyError, an AttributeError, a bare Exception from the tokenizers library).
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json")
+# Parameters a config may build beyond the tensors its weights hold (BERT's pooler, which is
+# dropped): more than that and it declares layers the weights do not have.
+UNSTORED_PARAMETERS = 64
+LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.3.… (BERT, RoBERTa …)
+WORDS_CHECKED = 16  # vocabulary words a loaded tokenizer must read as known tokens
 # The parts a separately encoded pair's feature may concatenate (``model.pair_features``).
 PAIR_FEATURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "u": lambda u, v: u,
@@ -109,17 +144,31 @@ def backbone_error(what: str, name: str, path: str, exc: Exception) -> BackboneE
     hint = "" if Path(path).exists() else (
         " (no hub access? point model.backbone at a local directory, or use `minilm`)"
     )
-    return BackboneError(f"cannot load {what} {name!r} from {path!r}{hint}: "
-                         f"{' '.join(str(exc).split())}")
+    return BackboneError(f"cannot load {what} {name!r} from {path!r}{hint}: {_one_line(exc)}")
 
 
 def load_backbone(name: str) -> nn.Module:
+    """The encoder ``model.backbone`` names, in fp32, without its pooler; a local directory is
+    checked first (module docstring): its files, its config and the shapes it declares."""
     path = resolve_backbone(name)
+    directory = Path(path)
+    if directory.is_dir():
+        check_model_files(directory)
+        config = read_model_config(directory)
+        stored = stored_shapes(sorted(directory.glob(WEIGHTS)))
+        if stored:  # a directory with only a pickle (pytorch_model.bin) has no header to read
+            skeleton = build_on_meta(lambda: AutoModel.from_config(
+                config, dtype=torch.float32, trust_remote_code=False), stored, config, directory)
+            # A checkpoint of a model with heads (BertForMaskedLM) prefixes the encoder's names.
+            prefix = f"{skeleton.base_model_prefix}."
+            check_shapes(skeleton, {n.removeprefix(prefix): v for n, v in stored.items()},
+                         lambda _: directory / CONFIG_FILE)
     try:
         # fp32 master weights whatever the checkpoint's dtype (transformers 5 keeps an fp16
         # checkpoint in fp16, which AdamW would then update in fp16); autocast does the rest.
-        return drop_pooler(AutoModel.from_pretrained(path, dtype=torch.float32))
-    except OSError as exc:
+        return drop_pooler(AutoModel.from_pretrained(path, dtype=torch.float32,
+                                                     trust_remote_code=False))
+    except (OSError, ValueError) as exc:  # ValueError: a hub model that needs its own code
         raise backbone_error("backbone", name, path, exc) from exc
 
 
@@ -127,8 +176,12 @@ def load_tokenizer(backbone: str):
     """The tokenizer of a backbone name (``minilm``, a hub id or a local directory); it loads
     before the backbone, so it gives the backbone's one-line error."""
     path = resolve_backbone(backbone)
+    if Path(path).is_dir():
+        check_model_files(Path(path))
+        read_model_config(Path(path))  # a directory the backbone cannot load from fails here
+        return load_dir_tokenizer(Path(path))
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:  # a name that is no valid hub id is a ValueError
         raise backbone_error("the tokenizer of backbone", backbone, path, exc) from exc
 
@@ -242,35 +295,40 @@ class MultitaskModel(nn.Module):
         ``device``, with ``member`` (its :class:`MemberConfig`) and ``tokenizer`` set.
 
         The backbone is built from the directory's own ``config.json`` and weights, never from
-        the hub or the backbone the member was trained from. A directory that is not a complete
-        saved member raises :class:`SavedModelError` naming the file and what is missing.
+        the hub or the backbone the member was trained from, and never by the directory's own
+        code (module docstring). A directory that is not a complete, consistent saved member
+        raises :class:`SavedModelError` naming the file and what is missing or does not match,
+        before any tensor of the model is allocated.
         """
         directory = Path(directory)
         member = read_member_config(directory)
-        # Without its vocabulary file transformers builds a tokenizer of special tokens only,
-        # which would turn every word into [UNK] without a word of warning.
-        if not any(next(directory.glob(pattern), None) for pattern in TOKENIZER_VOCABULARY):
-            raise SavedModelError(f"{directory}: no tokenizer vocabulary "
-                                  f"({', '.join(TOKENIZER_VOCABULARY)}); a saved member holds "
-                                  f"its tokenizer")
+        config = read_model_config(directory)
+        tokenizer = load_dir_tokenizer(directory)
+        try:
+            check_max_length(member, getattr(config, "max_position_embeddings", None),
+                             getattr(tokenizer, "model_max_length", None),
+                             where=str(directory / MEMBER_CONFIG_FILE))
+        except ConfigError as exc:
+            raise SavedModelError(str(exc)) from None
+        cfg = dataclasses.replace(member.model, backbone=str(directory))
+
+        def build() -> MultitaskModel:
+            backbone = AutoModel.from_config(config, dtype=torch.float32, trust_remote_code=False)
+            return cls(cfg, [member.specs[t] for t in member.tasks], backbone=backbone)
+
+        def declared_by(name: str) -> Path:
+            return directory / (CONFIG_FILE if name.startswith("backbone.")
+                                else MEMBER_CONFIG_FILE)
+
+        stored = {**stored_shapes(backbone_shards(directory), "backbone."),
+                  **stored_shapes([directory / HEADS_FILE])}
         # Loading must not move the caller's random stream: building the layers draws from it
         # before the saved weights overwrite them.
         with torch.random.fork_rng(devices=[]):
-            try:
-                config = AutoConfig.from_pretrained(directory)
-            except (OSError, ValueError) as exc:
-                raise SavedModelError(f"{directory}: no usable backbone config.json "
-                                      f"({' '.join(str(exc).split())})") from None
-            backbone = AutoModel.from_config(config, dtype=torch.float32)
-            model = cls(dataclasses.replace(member.model, backbone=str(directory)),
-                        [member.specs[t] for t in member.tasks], backbone=backbone)
+            check_shapes(build_on_meta(build, stored, config, directory), stored, declared_by)
+            model = build()
         load_member_weights(model, directory)
-        try:
-            model.tokenizer = AutoTokenizer.from_pretrained(directory)
-        except (OSError, ValueError) as exc:
-            raise SavedModelError(f"{directory}: no usable tokenizer files "
-                                  f"({' '.join(str(exc).split())})") from None
-        model.member = member
+        model.tokenizer, model.member = tokenizer, member
         return model.eval().to(device)
 
     def perturbation_point(self, where: str) -> nn.Module:
@@ -346,8 +404,8 @@ def cosine_distance(u: Tensor, v: Tensor) -> Tensor:
 
 
 class SavedModelError(UserError):
-    """A directory that is not a complete saved member; the message names the file and what is
-    missing or does not match."""
+    """A model directory (a saved member, or a local backbone) that is incomplete, unsafe to read
+    or inconsistent; the message names the file and what is missing or does not match."""
 
 
 def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, directory: Path) -> None:
@@ -362,6 +420,186 @@ def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, director
         (tmp / MEMBER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(member), indent=2))
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's (often multi-line) message folded onto one line."""
+    return " ".join(str(exc).split())
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_model_files(directory: Path) -> None:
+    """Every entry of a model directory is a regular file or a directory (a link to one is fine:
+    the hub's cache links to blobs). A device such as /dev/zero would be read forever, or skipped
+    by transformers, which then builds a tokenizer that reads every word as [UNK]; a FIFO
+    blocks. Only ``stat`` is called: nothing is opened."""
+    for entry in sorted(directory.iterdir()):
+        try:
+            mode = entry.stat().st_mode
+        except OSError as exc:  # a dangling link, a loop of links
+            raise SavedModelError(f"{entry}: cannot be read ({exc.strerror}); a model directory "
+                                  f"holds regular files") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise SavedModelError(f"{entry}: {_file_kind(mode)}, not a regular file; a model "
+                                  f"directory holds regular files (this one is never read)")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file of a model directory (already checked to be a regular file)."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise SavedModelError(f"{path}: missing; a model directory holds {what}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SavedModelError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+    if not isinstance(raw, dict):
+        raise SavedModelError(f"{path}: a JSON {type(raw).__name__}; expected {what} (an "
+                              f"object)")
+    return raw
+
+
+def read_model_config(directory: Path) -> PretrainedConfig:
+    """A model directory's ``config.json`` as a transformers config, never running its code: an
+    ``auto_map`` naming the directory's own modules is ignored (with a notice) when
+    ``model_type`` is an architecture transformers has built in, and refused otherwise."""
+    path = directory / CONFIG_FILE
+    raw = _read_json_object(path, "the backbone's config")
+    model_type = raw.get("model_type")
+    custom = "auto_map" in raw
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        code = ("; its auto_map names code of its own, which bestfit never runs" if custom
+                else "")
+        raise SavedModelError(f"{path}: model_type {model_type!r} is not an architecture "
+                              f"transformers has built in{code}; expected one such as 'bert'")
+    if custom:
+        log.warning("%s: auto_map names code of its own, which is never run; loading "
+                    "transformers' built-in %r architecture", path, model_type)
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+        raise SavedModelError(f"{path}: not a usable config ({_one_line(exc)})") from None
+
+
+def load_dir_tokenizer(directory: Path):
+    """The tokenizer saved in ``directory``. Files it cannot be built from, or a tokenizer that
+    reads every word as its unknown token (what transformers builds, without a word, when the
+    vocabulary is missing or unreadable), are an error naming them."""
+    if not any(next(directory.glob(pattern), None) for pattern in TOKENIZER_VOCABULARY):
+        raise SavedModelError(f"{directory}: no tokenizer vocabulary "
+                              f"({', '.join(TOKENIZER_VOCABULARY)}); a model directory holds "
+                              f"its tokenizer")
+    for name in TOKENIZER_JSON:
+        if (directory / name).exists():
+            _read_json_object(directory / name, "a tokenizer file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
+        raise SavedModelError(f"{directory}: no usable tokenizer files "
+                              f"({_one_line(exc)})") from None
+    unknown = tokenizer.unk_token_id
+    if unknown is not None:  # a byte-level tokenizer has no unknown token to fall back on
+        special = set(tokenizer.all_special_ids)
+        vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+        words = [w for w in (token.lstrip("▁Ġ") for token, i in vocabulary if i not in special)
+                 if w.isalpha()][:WORDS_CHECKED]
+        if not words:
+            raise SavedModelError(f"{directory}: its tokenizer's vocabulary holds no words, only "
+                                  f"special tokens: the vocabulary in its files is empty or "
+                                  f"unreadable")
+        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        if all(i == unknown for i in ids):
+            raise SavedModelError(f"{directory}: its tokenizer reads every word of its own "
+                                  f"vocabulary as {tokenizer.unk_token} ({', '.join(words[:3])} "
+                                  f"…): the vocabulary in its files is unreadable")
+    return tokenizer
+
+
+# A stored tensor: its shape, the file that holds it and its name there.
+StoredShape = tuple[tuple[int, ...], Path, str]
+
+
+def _weights_missing(path: Path) -> SavedModelError:
+    return SavedModelError(f"{path}: missing; a saved member holds its weights there")
+
+
+def stored_shapes(files: Sequence[Path], prefix: str = "") -> dict[str, StoredShape]:
+    """Each tensor's shape, file and name, by ``prefix`` + its name, read from the safetensors
+    headers alone (the library checks them against the file's size; no tensor data is read)."""
+    shapes: dict[str, StoredShape] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                for name in weights.keys():
+                    shapes[prefix + name] = (tuple(weights.get_slice(name).get_shape()), path,
+                                             name)
+        except FileNotFoundError:
+            raise _weights_missing(path) from None
+        except SafetensorError as exc:
+            raise SavedModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    return shapes
+
+
+@contextmanager
+def _parameter_budget(limit: int, exceeded: Callable[[], SavedModelError]) -> Iterator[None]:
+    """Raise ``exceeded()`` as soon as the code inside registers more than ``limit``
+    parameters, in any module."""
+    count = 0
+
+    def hook(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise exceeded()
+
+    handle = register_module_parameter_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def build_on_meta(build: Callable[[], nn.Module], stored: dict[str, StoredShape],
+                  config: PretrainedConfig, directory: Path) -> nn.Module:
+    """``build()`` on the meta device, where tensors have shapes but no memory, stopped once it
+    registers more parameters than ``stored`` holds (plus a pooler's worth): 100,000 declared
+    layers would take minutes and gigabytes even there."""
+    files = sorted({path.name for _, path, _ in stored.values()})
+    declared_by = directory / CONFIG_FILE
+
+    def exceeded() -> SavedModelError:
+        layers = {int(m.group(1)) for name in stored if (m := LAYER_INDEX.search(name))}
+        held = f"; the weights hold {max(layers) + 1} layers" if layers else ""
+        return SavedModelError(
+            f"{declared_by}: declares more tensors than its weights hold "
+            f"({len(stored)} in {', '.join(files)}): num_hidden_layers "
+            f"{getattr(config, 'num_hidden_layers', None)}{held}")
+
+    with torch.device("meta"), _parameter_budget(len(stored) + UNSTORED_PARAMETERS, exceeded):
+        try:
+            return build()
+        except SavedModelError:
+            raise
+        except (ArithmeticError, ValueError, TypeError, RuntimeError) as exc:  # e.g. 0 heads
+            raise SavedModelError(f"{declared_by}: declares a model that "
+                                  f"cannot be built ({_one_line(exc)})") from None
+
+
+def check_shapes(model: nn.Module, stored: dict[str, StoredShape],
+                 declared_by: Callable[[str], Path]) -> None:
+    """Every tensor of ``model`` (built on meta) that ``stored`` holds has the stored shape;
+    ``declared_by(name)`` is the file whose settings gave the tensor its shape."""
+    for name, tensor in model.state_dict().items():
+        if name in stored and tuple(tensor.shape) != stored[name][0]:
+            shape, path, stored_name = stored[name]
+            raise SavedModelError(f"{path}: {stored_name} is {list(shape)}, but "
+                                  f"{declared_by(name)} declares {list(tensor.shape)}")
+
+
 def _params_keys(node: Any) -> Any:
     """``dataclasses.asdict`` keys as params.yaml spells them (``lambda_`` is ``lambda``)."""
     if isinstance(node, dict):
@@ -370,24 +608,24 @@ def _params_keys(node: Any) -> Any:
 
 
 def read_member_config(directory: str | Path) -> MemberConfig:
-    """The member config a saved member was trained with (its ``bestfit.json``)."""
+    """The member config a saved member was trained with (its ``bestfit.json``); every file of
+    the directory is checked to be a regular file first (:func:`check_model_files`)."""
     directory = Path(directory)
     if not directory.is_dir():
         what = "not found" if not directory.exists() else "not a directory"
         raise SavedModelError(f"{directory}: {what}; expected a saved member's model directory "
                               f"(models/<member>/seed_<seed>/model)")
+    check_model_files(directory)
     path = directory / MEMBER_CONFIG_FILE
     if not path.is_file():
         raise SavedModelError(f"{path}: missing; {directory} is not a saved bestfit member "
                               f"(expected {MEMBER_CONFIG_FILE} beside {HEADS_FILE} and the "
-                              f"backbone's config.json)")
+                              f"backbone's {CONFIG_FILE})")
+    raw = _read_json_object(path, "a member's config")
     try:
         # A member saved before tasks were declared has no `specs`: MemberConfig fills in the
         # CS224N declarations of its tasks.
-        return build(MemberConfig, _params_keys(json.loads(path.read_text(encoding="utf-8"))),
-                     str(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SavedModelError(f"{path}: not valid JSON ({exc})") from None
+        return build(MemberConfig, _params_keys(raw), str(path))
     except ConfigError as exc:
         raise SavedModelError(str(exc)) from None
 
@@ -396,22 +634,27 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except FileNotFoundError:
-        raise SavedModelError(f"{path}: missing; a saved member holds its weights there") from None
+        raise _weights_missing(path) from None
     except SafetensorError as exc:
         raise SavedModelError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def backbone_shards(directory: Path) -> list[Path]:
+    """A saved member's backbone weights: ``model.safetensors`` or its shards."""
+    shards = sorted(directory.glob(WEIGHTS))
+    if not shards:
+        pickled = " (only a pickle, pytorch_model.bin, which is never loaded)" if (
+            directory / "pytorch_model.bin").exists() else ""
+        raise SavedModelError(f"{directory}: no backbone weights {WEIGHTS}{pickled}")
+    return shards
 
 
 def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskModel:
     """Load a saved member's backbone, heads and pooler into ``model`` (built from its config);
     every tensor must be there and fit."""
     directory = Path(directory)
-    shards = sorted(directory.glob("model*.safetensors"))
-    if not shards:
-        pickled = " (only a pickle, pytorch_model.bin, which is never loaded)" if (
-            directory / "pytorch_model.bin").exists() else ""
-        raise SavedModelError(f"{directory}: no backbone weights model*.safetensors{pickled}")
     backbone_state = {}
-    for shard in shards:
+    for shard in backbone_shards(directory):
         backbone_state.update(_read_safetensors(shard))
     heads = _read_safetensors(directory / HEADS_FILE)
     for what, module, state in (("backbone weights", model.backbone, backbone_state),
@@ -420,7 +663,7 @@ def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskMode
             missing, unexpected = module.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # a tensor of the wrong shape
             raise SavedModelError(f"{directory}: {what} do not fit the model of "
-                                  f"{MEMBER_CONFIG_FILE} ({' '.join(str(exc).split())})") from None
+                                  f"{MEMBER_CONFIG_FILE} ({_one_line(exc)})") from None
         if module is model:  # the backbone's tensors come from the shards
             missing = [n for n in missing if not n.startswith("backbone.")]
         if missing or unexpected:

@@ -14,38 +14,67 @@ classification's ``label`` (the class name), ``class`` (0…N−1) and a probabi
 ``p_duplicate``); a regression's value clipped to the declared range, ``similarity`` for a pair
 (STS, 0–5) and ``value`` for a sentence.
 
-Batches are sorted by length (:func:`pipeline.evaluate.predict`, under inference mode), so a
-batch carries little padding. Bad input stops with one line naming the file, line or row and
-column.
+A file or stdin is streamed: read :data:`CHUNK_SIZE` examples at a time, each chunk predicted in
+length-sorted batches (:func:`pipeline.evaluate.predict`, under inference mode) and written
+before the next is read, so memory stays flat however long the input. ``--output`` that is a
+regular file (or a new path) is written to a temporary name and renamed into place at the end;
+one that is a FIFO, a terminal or another device (``/dev/stdout``) is written directly; an
+existing directory is an error, left as it is. The table for people shows control characters of
+the text as escapes (``\x1b``): a sentence cannot rewrite the terminal; jsonl and csv keep the
+data as it is. Bad input stops with one line naming the file, line or row and column (on stdout,
+the chunks before it are already written).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
+import itertools
 import json
+import os
+import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from pipeline import delimited
 from pipeline.batching import tokenize_task
 from pipeline.config import MemberConfig
 from pipeline.errors import UserError, run_stage
 from pipeline.evaluate import predict
-from pipeline.io import write_text
+from pipeline.io import atomic_path
 from pipeline.model import MultitaskModel, read_member_config
 from pipeline.seeds import seed_dir
 from pipeline.tasks import TaskSpec, task_spec
 
 FORMATS = ("table", "jsonl", "csv")
+# The format an --output name implies when --format is not given.
+FORMAT_OF_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 STDIN = "-"
 TABLE_TEXT_WIDTH = 48  # characters of a sentence shown in the table for people
+# Examples read, predicted and written at a time: large enough that length-sorting within a
+# chunk leaves little padding, small enough that a chunk's tables are a few MB.
+CHUNK_SIZE = 4096
+# What the table shows for each character a terminal would act on: C0 and C1 controls (ESC
+# starts the ANSI sequences that move the cursor, recolour or retitle), DEL, line and paragraph
+# separators, and the bidirectional marks and overrides that reorder what is shown.
+TERMINAL_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    **{ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"},
+    **{c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+                                   *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+# Characters JSON leaves as they are inside a string but that many line readers (Python's
+# str.splitlines among them) take for a line break: escaped in jsonl, the same value.
+JSON_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
 
 
 class InputError(UserError):
@@ -53,80 +82,111 @@ class InputError(UserError):
     column."""
 
 
-# --- reading the examples ----------------------------------------------------------------------
+# --- reading the examples, a chunk at a time ---------------------------------------------------
+
+# One example as a reader gives it: its line or row number, its id (None: none given) and its
+# texts, one per column.
+Example = tuple[int, object, Sequence[object]]
 
 
-def _decode(data: bytes, source: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{source}: byte {exc.start}: not UTF-8 text") from None
+def _text_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:
+    """Each line of a UTF-8 byte stream with its number, line ending kept (the CSV reader needs
+    it) and a BOM dropped; a byte that is not UTF-8 is an error naming its offset."""
+    offset = 0
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: line {number}, byte {offset + exc.start}: not UTF-8 "
+                             f"text") from None
+        offset += len(raw)
+        yield number, line
 
 
-def _check_text(value: object, where: str, column: str) -> str:
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as stream:
+        yield from _text_lines(stream, str(path))
+
+
+def _check_text(value: object, where: str, column: str) -> None:
     if not isinstance(value, str):
         raise InputError(f"{where}, column {column!r}: {value!r} is not a string; expected a "
                          f"sentence")
-    if not value.strip():
+    if not value or value.isspace():
         raise InputError(f"{where}, column {column!r}: empty; expected a sentence")
-    return value
+    if "\0" in value:  # UTF-16 text read as UTF-8 is mostly NULs; binary data too
+        raise InputError(f"{where}, column {column!r}: holds a NUL character (UTF-16 or binary "
+                         f"data?); expected UTF-8 text")
 
 
-def _table(records: list[dict], columns: Sequence[str], places: list[str]) -> pd.DataFrame:
-    """The examples as a table: ``id`` (the input's, else the position) and ``columns``, each
-    cell checked; ``places`` says where each record came from, for errors."""
-    for record, where in zip(records, places, strict=True):
-        for column in columns:
-            _check_text(record[column], where, column)
-    ids = [str(r["id"]) if r.get("id") not in (None, "") else str(k)
-           for k, r in enumerate(records, start=1)]
-    return pd.DataFrame({"id": ids, **{c: [r[c] for r in records] for c in columns}})
+def _chunks(examples: Iterable[Example], place: Callable[[int], str], columns: Sequence[str],
+            names: Sequence[str], size: int) -> Iterator[pd.DataFrame]:
+    """Tables of ``size`` examples (the last one shorter): ``id`` (the example's, else its
+    1-based position, counted across chunks) and the texts as ``names``, each checked;
+    ``place(number)`` says where an example is, for errors about its ``columns``."""
+    rows: list[tuple[object, ...]] = []
+    position = 0
+    for number, key, texts in examples:
+        for column, value in zip(columns, texts, strict=True):
+            if not isinstance(value, str) or not value or value.isspace() or "\0" in value:
+                _check_text(value, place(number), column)
+        position += 1
+        rows.append((str(key) if key not in (None, "") else str(position), *texts))
+        if len(rows) == size:
+            yield pd.DataFrame(rows, columns=["id", *names])
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows, columns=["id", *names])
 
 
-def read_lines(text: str, source: str, columns: Sequence[str]) -> pd.DataFrame:
+def _line_examples(lines: Iterable[tuple[int, str]], source: str, columns: Sequence[str]
+                   ) -> Iterator[Example]:
     """One example per non-blank line; a pair's two sentences separated by a tab."""
-    records, places = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    pair = len(columns) > 1
+    for number, line in lines:
+        text = line.rstrip("\r\n")
+        if not text or text.isspace():
             continue
-        fields = line.split("\t") if len(columns) > 1 else [line]
+        fields = text.split("\t") if pair else (text,)
         if len(fields) != len(columns):
             raise InputError(f"{source}: line {number}: {len(fields)} tab-separated field(s), "
                              f"expected {len(columns)} ({', '.join(columns)})")
-        records.append(dict(zip(columns, fields, strict=True)))
-        places.append(f"{source}: line {number}")
-    return _table(records, columns, places)
+        yield number, None, fields
 
 
-def read_delimited(text: str, source: str, columns: Sequence[str], delimiter: str
-                   ) -> pd.DataFrame:
-    """A CSV/TSV file with a header naming its columns."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _delimited_examples(lines: Iterable[tuple[int, str]], source: str, columns: Sequence[str],
+                        delimiter: str) -> Iterator[Example]:
+    """A CSV/TSV file with a header naming its columns; a field may be of any length."""
+    reader = delimited.reader((line for _, line in lines), delimiter)
     try:
         header = next(reader, None)
         if header is None:
             raise InputError(f"{source}: empty file; expected a header line naming the columns")
         _require_columns(header, columns, source)
-        records, places, line = [], [], reader.line_num
+        twice = sorted({name for name in header if header.count(name) > 1} & {*columns, "id"})
+        if twice:
+            raise InputError(f"{source}: line 1: the header names column {twice[0]!r} more "
+                             f"than once; expected each column once")
+        at = [header.index(c) for c in columns]
+        id_at = header.index("id") if "id" in header else None
+        line = reader.line_num
         for row in reader:
             start, line = line + 1, reader.line_num
             if not row:
                 continue
             if len(row) != len(header):
                 raise InputError(f"{source}: line {start}: {len(row)} fields, expected "
-                                 f"{len(header)} ({', '.join(header)})")
-            records.append(dict(zip(header, row, strict=True)))
-            places.append(f"{source}: line {start}")
+                                 f"{len(header)} ({', '.join(map(repr, header))})")
+            yield start, None if id_at is None else row[id_at], [row[k] for k in at]
     except csv.Error as exc:
         raise InputError(f"{source}: line {reader.line_num}: {exc}") from None
-    return _table(records, columns, places)
 
 
-def read_jsonl(text: str, source: str, columns: Sequence[str]) -> pd.DataFrame:
+def _jsonl_examples(lines: Iterable[tuple[int, str]], source: str, columns: Sequence[str]
+                    ) -> Iterator[Example]:
     """One JSON object per line, holding ``columns`` (and optionally ``id``)."""
-    records, places = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, line in lines:
+        if not line or line.isspace():
             continue
         where = f"{source}: line {number}"
         try:
@@ -140,54 +200,85 @@ def read_jsonl(text: str, source: str, columns: Sequence[str]) -> pd.DataFrame:
         if missing:
             raise InputError(f"{where}: no key {missing[0]!r}; expected keys "
                              f"{', '.join(columns)} (--columns)")
-        records.append(record)
-        places.append(where)
-    return _table(records, columns, places)
+        yield number, record.get("id"), [record[c] for c in columns]
 
 
-def read_parquet(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+def _parquet_examples(path: Path, columns: Sequence[str], size: int) -> Iterator[Example]:
+    """The rows of a parquet file, read ``size`` at a time (pyarrow record batches)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        _require_columns(names, columns, str(path))
+        for column in columns:
+            kind = file.schema_arrow.field(column).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise InputError(f"{path}: column {column!r} holds {kind}; expected strings "
+                                 f"(sentences)")
+        read = list(dict.fromkeys([*columns, *(["id"] if "id" in names else [])]))
+        number = 0
+        for batch in file.iter_batches(batch_size=size, columns=read):
+            values = {name: batch.column(name).to_pylist() for name in read}
+            ids = values.get("id") or [None] * batch.num_rows
+            for key, *texts in zip(ids, *(values[c] for c in columns), strict=True):
+                number += 1
+                yield number, key, texts
+    except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable parquet file ({exc})") from None
-    _require_columns(list(frame.columns), columns, str(path))
-    records = frame.to_dict("records")
-    return _table(records, columns, [f"{path}: row {k}" for k in range(1, len(records) + 1)])
 
 
 def _require_columns(header: Sequence[str], columns: Sequence[str], source: str) -> None:
     missing = [c for c in columns if c not in header]
     if missing:
         raise InputError(f"{source}: no column {missing[0]!r}; the columns are "
-                         f"{', '.join(map(str, header))}; name the sentence column(s) with "
+                         f"{', '.join(map(repr, header))}; name the sentence column(s) with "
                          f"--columns")
 
 
-def read_examples(path: str, columns: Sequence[str]) -> pd.DataFrame:
-    """The examples of ``path`` (``-``: stdin), by its suffix; see the module docstring."""
+def read_examples(path: str, columns: Sequence[str], names: Sequence[str] | None = None,
+                  chunk_size: int | None = None) -> Iterator[pd.DataFrame]:
+    """The examples of ``path`` (``-``: stdin), by its suffix, ``chunk_size`` (default
+    :data:`CHUNK_SIZE`) at a time: tables of ``id`` and the text ``columns``, renamed to
+    ``names`` (default: as they are). Reading is lazy: a chunk is read when it is asked for."""
+    names = columns if names is None else names
+    chunk_size = chunk_size or CHUNK_SIZE
     if path == STDIN:
-        return read_lines(_decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", columns)
+        examples = _line_examples(_text_lines(sys.stdin.buffer, "<stdin>"), "<stdin>", columns)
+        return _chunks(examples, lambda n: f"<stdin>: line {n}", columns, names, chunk_size)
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"{file}: {'not a file' if file.exists() else 'not found'}; expected "
-                         f"the input sentences")
+    try:
+        mode = file.stat().st_mode
+    except OSError as exc:
+        what = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+        raise InputError(f"{file}: {what}; expected the input sentences") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{file}: a directory; expected a file of input sentences")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{file}: not a regular file; to read a pipe or a device, feed it to "
+                         f"stdin (--input -)")
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        return read_parquet(file, columns)
-    text = _decode(file.read_bytes(), path)
+        return _chunks(_parquet_examples(file, columns, chunk_size), lambda n: f"{file}: row {n}",
+                       columns, names, chunk_size)
     if suffix in (".jsonl", ".ndjson"):
-        return read_jsonl(text, path, columns)
-    if suffix in (".tsv", ".tab"):
-        return read_delimited(text, path, columns, "\t")
-    if suffix == ".csv":
+        examples = _jsonl_examples(_file_lines(file), path, columns)
+    elif suffix in (".tsv", ".tab"):
+        examples = _delimited_examples(_file_lines(file), path, columns, "\t")
+    elif suffix == ".csv":
+        lines = _file_lines(file)
+        first = next(lines, None)
+        head = [] if first is None else [first]
         # The CS224N files are named .csv but tab-separated.
-        first = text.split("\n", 1)[0]
-        return read_delimited(text, path, columns, "\t" if "\t" in first and "," not in first
-                              else ",")
-    if suffix == ".txt":
-        return read_lines(text, path, columns)
-    raise InputError(f"{file}: unknown kind of file {suffix or '(no suffix)'!r}; expected .csv, "
-                     f".tsv, .jsonl, .parquet or .txt")
+        delimiter = "\t" if head and "\t" in first[1] and "," not in first[1] else ","
+        examples = _delimited_examples(itertools.chain(head, lines), path, columns, delimiter)
+    elif suffix == ".txt":
+        examples = _line_examples(_file_lines(file), path, columns)
+    else:
+        raise InputError(f"{file}: unknown kind of file {suffix or '(no suffix)'!r}; expected "
+                         f".csv, .tsv, .jsonl, .parquet or .txt")
+    return _chunks(examples, lambda n: f"{path}: line {n}", columns, names, chunk_size)
 
 
 def sentence_frame(task: TaskSpec | str, sentences: Sequence[str] | Sequence[Sequence[str]]
@@ -195,14 +286,16 @@ def sentence_frame(task: TaskSpec | str, sentences: Sequence[str] | Sequence[Seq
     """A list of sentences (SST) or of (sentence1, sentence2) pairs as an examples table."""
     spec = task_spec(task)
     task, columns = spec.name, spec.text_columns
-    records = []
+    examples = []
     for k, example in enumerate(sentences, start=1):
         fields = [example] if isinstance(example, str) else list(example)
         if len(fields) != len(columns):
             raise InputError(f"example {k}: {len(fields)} sentence(s); {task} takes "
                              f"{len(columns)} ({', '.join(columns)})")
-        records.append(dict(zip(columns, fields, strict=True)))
-    return _table(records, columns, [f"example {k}" for k in range(1, len(records) + 1)])
+        examples.append((k, None, fields))
+    chunk = next(_chunks(examples, lambda k: f"example {k}", columns, columns,
+                         max(1, len(examples))), None)
+    return chunk if chunk is not None else pd.DataFrame(columns=["id", *columns])
 
 
 # --- predicting --------------------------------------------------------------------------------
@@ -253,23 +346,62 @@ def predict_sentences(model: MultitaskModel, task: str,
     return readable_predictions(spec, examples, outputs)
 
 
-def format_predictions(table: pd.DataFrame, fmt: str) -> str:
-    """``table``: aligned columns for people (3 decimals, long sentences cut); ``jsonl`` and
-    ``csv``: every value in full, for scripts."""
-    if fmt == "jsonl":
-        return table.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n") + "\n"
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    shown = table.copy()
-    formatters = {}
-    for column in shown.columns:
-        if pd.api.types.is_string_dtype(shown[column]):
-            shown[column] = [s if len(s) <= TABLE_TEXT_WIDTH else s[:TABLE_TEXT_WIDTH - 1] + "…"
-                             for s in shown[column]]
-            width = max(len(column), *(len(s) for s in shown[column]))
-            formatters[column] = f"{{:<{width}}}".format  # text reads left-aligned
-    return shown.to_string(index=False, float_format="{:.3f}".format, formatters=formatters,
-                           justify="left") + "\n"
+def visible(text: str) -> str:
+    """``text`` with every character a terminal would act on written as an escape (``\\x1b``,
+    ``\\u202e``): printed, it cannot move the cursor, recolour, retitle or reorder the screen."""
+    return text.translate(TERMINAL_ESCAPES)
+
+
+class PredictionWriter:
+    """Writes tables of predictions to ``out`` one after the other, as one output of ``fmt``:
+    ``table``, aligned columns for people (3 decimals, long sentences cut, control characters
+    escaped), whose widths the first table sets, so that it is written before the rest is
+    read; ``jsonl`` and ``csv``: every value in full, as it is, for scripts."""
+
+    def __init__(self, out: TextIO, fmt: str):
+        self.out, self.fmt = out, fmt
+        self.rows = 0
+        self.widths: list[int] | None = None
+
+    def write(self, table: pd.DataFrame) -> None:
+        if self.fmt == "jsonl":
+            text = table.to_json(orient="records", lines=True, force_ascii=False)
+            text = text.rstrip("\n").translate(JSON_LINE_BREAKS) + "\n"
+        elif self.fmt == "csv":
+            # csv quotes a field holding "\n" but not one holding a lone "\r", which readers
+            # then take for a line end: a chunk with one quotes all its texts.
+            cr = any(table[c].str.contains("\r", regex=False).any()
+                     for c in table.columns if pd.api.types.is_string_dtype(table[c]))
+            text = table.to_csv(index=False, header=self.rows == 0,
+                                quoting=csv.QUOTE_NONNUMERIC if cr else csv.QUOTE_MINIMAL)
+        else:
+            text = self._table(table)
+        self.out.write(text)
+        self.rows += len(table)
+
+    def _table(self, table: pd.DataFrame) -> str:
+        columns = []  # (cells, right-aligned)
+        for name in table.columns:
+            values = table[name]
+            if pd.api.types.is_float_dtype(values):
+                columns.append(([f"{v:.3f}" for v in values], True))
+            elif pd.api.types.is_integer_dtype(values):
+                columns.append(([str(v) for v in values], True))
+            else:
+                cells = [visible(str(v)) for v in values]
+                columns.append(([c if len(c) <= TABLE_TEXT_WIDTH else
+                                 c[:TABLE_TEXT_WIDTH - 1] + "…" for c in cells], False))
+        lines = []
+        if self.widths is None:
+            header = [visible(str(name)) for name in table.columns]
+            self.widths = [max([len(h), *map(len, cells)])
+                           for h, (cells, _) in zip(header, columns, strict=True)]
+            lines.append("  ".join(h.ljust(w) for h, w in zip(header, self.widths, strict=True)))
+        aligns = [(w, right) for w, (_, right) in zip(self.widths, columns, strict=True)]
+        for row in zip(*(cells for cells, _ in columns), strict=True):
+            lines.append("  ".join(c.rjust(w) if right else c.ljust(w)
+                                   for c, (w, right) in zip(row, aligns, strict=True)))
+        return "".join(line.rstrip() + "\n" for line in lines)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -311,9 +443,10 @@ def choose_task(member: MemberConfig, task: str | None, model_dir: Path) -> str:
     return task
 
 
-def command_examples(args: argparse.Namespace, spec: TaskSpec) -> tuple[pd.DataFrame, bool]:
-    """The examples of the command line, a file or stdin, and whether they came from a file or
-    stdin (which gets a progress bar)."""
+def command_examples(args: argparse.Namespace, spec: TaskSpec
+                     ) -> tuple[Iterator[pd.DataFrame], str | None]:
+    """The examples of the command line, a file or stdin, a chunk at a time, and the file's
+    name (``<stdin>``) when they came from one (it gets a progress bar)."""
     task, text_columns = spec.name, spec.text_columns
     given = [name for name in ("text", "pair", "input") if getattr(args, name)]
     if len(given) > 1:
@@ -322,11 +455,11 @@ def command_examples(args: argparse.Namespace, spec: TaskSpec) -> tuple[pd.DataF
     if args.text:
         if pair:
             raise UserError(f"--text gives single sentences; {task} takes pairs: use --pair S1 S2")
-        return sentence_frame(spec, args.text), False
+        return iter([sentence_frame(spec, args.text)]), None
     if args.pair:
         if not pair:
             raise UserError(f"--pair gives sentence pairs; {task} takes one sentence: use --text")
-        return sentence_frame(spec, args.pair), False
+        return iter([sentence_frame(spec, args.pair)]), None
     columns = text_columns
     if args.columns:
         columns = [c.strip() for c in args.columns.split(",")]
@@ -336,11 +469,69 @@ def command_examples(args: argparse.Namespace, spec: TaskSpec) -> tuple[pd.DataF
     source = args.input or STDIN
     if source == STDIN and sys.stdin.isatty():
         raise UserError("no input: give --text, --pair or --input FILE, or pipe lines to stdin")
-    examples = read_examples(source, columns)
-    if examples.empty:
-        raise InputError(f"{'<stdin>' if source == STDIN else source}: no examples in it")
     # Known names from here on: the tokenizer and the output read the prepared text columns.
-    return examples.rename(columns=dict(zip(columns, text_columns, strict=True))), True
+    return read_examples(source, columns, text_columns), "<stdin>" if source == STDIN else source
+
+
+def output_format(fmt: str | None, output: Path | None) -> str:
+    """``--format``, else the one ``--output``'s suffix names, else ``table``; a format that
+    contradicts the suffix is an error (a table in ``preds.csv`` would surprise its reader)."""
+    implied = FORMAT_OF_SUFFIX.get(output.suffix.lower()) if output is not None else None
+    if fmt is not None and implied is not None and fmt != implied:
+        raise UserError(f"--output {output}: a {output.suffix} name, but --format {fmt}; give "
+                        f"--format {implied} or another name")
+    return fmt or implied or "table"
+
+
+def _through_descriptor(path: Path) -> bool:
+    """Whether ``path`` is, or links through, ``/dev`` or ``/proc`` (``/dev/stdout``,
+    ``/proc/self/fd/1``): another name of an open file, which must be written, not replaced."""
+    hop = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if hop.parts[1:2] in (("dev",), ("proc",)):
+            return True
+        if not hop.is_symlink():
+            return False
+        hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
+    return False
+
+
+def output_target(path: Path) -> tuple[Path, bool]:
+    """Where ``--output`` is written and whether atomically: a new path or a regular file (a
+    link's target, so that the link stays) via a temporary name; a FIFO, a terminal, a device or
+    ``/dev/stdout`` directly. An existing directory is an error: it is never replaced."""
+    try:
+        mode = path.stat().st_mode  # follows links: /dev/stdout leads to a terminal or a pipe
+    except FileNotFoundError:
+        return path, True
+    except OSError as exc:
+        raise UserError(f"--output {path}: cannot write ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"--output {path}: an existing directory (left as it is); expected a "
+                        f"file name, e.g. {path / 'predictions.jsonl'}")
+    if stat.S_ISREG(mode) and not _through_descriptor(path):
+        return path.resolve(), True
+    return path, False
+
+
+@contextmanager
+def open_output(path: Path | None) -> Iterator[TextIO]:
+    """stdout, or ``--output`` as :func:`output_target` says: a temporary file renamed into
+    place once all is written (nothing is renamed when writing fails), or the file itself."""
+    if path is None:
+        yield sys.stdout
+        return
+    target, atomic = output_target(path)
+    try:
+        if atomic:
+            with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+                yield out
+        else:
+            # Appending never truncates what a file behind /dev/stdout already holds.
+            with target.open("a", encoding="utf-8", newline="") as out:
+                yield out
+    except OSError as exc:
+        raise UserError(f"--output {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,9 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
                         ".txt file of examples ('-': stdin, the default without --text/--pair)")
     parser.add_argument("--columns", help="the sentence column(s) of --input, comma-separated "
                         "(default: sentence, or sentence1,sentence2)")
-    parser.add_argument("--format", choices=FORMATS, default="table",
-                        help="table (for people, the default), jsonl or csv")
-    parser.add_argument("--output", type=Path, help="write here (atomically) instead of stdout")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="table (for people), jsonl or csv; default: what the --output name "
+                        "ends in (.csv, .jsonl), else table")
+    parser.add_argument("--output", type=Path, help="write here instead of stdout (a file "
+                        "atomically; a FIFO or device such as /dev/stdout directly)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
@@ -389,24 +582,34 @@ def main(argv: list[str] | None = None) -> None:
                         f"cuda:N or mps") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    fmt = output_format(args.format, args.output)
+    if args.output is not None:
+        output_target(args.output)  # a directory fails here, before anything is read
     model_dir = resolve_model_dir(args.model, args.member, args.seed, args.models)
-    # The member's config first: bad input fails before the weights are read.
+    # The member's config and the first chunk first: bad input fails before the weights load.
     member = read_member_config(model_dir)
     task = choose_task(member, args.task, model_dir)
-    examples, from_file = command_examples(args, member.specs[task])
+    spec = member.specs[task]
+    chunks, source = command_examples(args, spec)
+    first = next(chunks, None)
+    if first is None:
+        raise InputError(f"{source}: no examples in it")
     model = MultitaskModel.from_pretrained(model_dir, device)
-    unit = "pairs" if member.specs[task].pair else "sentences"
-    with tqdm(total=len(examples), unit=f" {unit}", file=sys.stderr,
-              disable=args.quiet or not from_file) as bar:
-        table = predict_sentences(model, task, examples, args.batch_size, args.precision,
-                                  bar.update)
-    text = format_predictions(table, args.format)
-    if args.output is None:
-        sys.stdout.write(text)
-        return
-    write_text(text, args.output)
-    if not args.quiet:
-        print(f"wrote {len(table)} {task} predictions to {args.output}", file=sys.stderr)
+    written = 0
+    try:
+        with tqdm(unit=f" {'pairs' if spec.pair else 'sentences'}", file=sys.stderr,
+                  disable=args.quiet or source is None) as bar, open_output(args.output) as out:
+            writer = PredictionWriter(out, fmt)
+            for examples in itertools.chain([first], chunks):
+                writer.write(predict_sentences(model, task, examples, args.batch_size,
+                                               args.precision, bar.update))
+            written = writer.rows
+    except BrokenPipeError:
+        # The reader of stdout left (`| head`): stop quietly, as a shell pipeline expects.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    if args.output is not None and not args.quiet:
+        print(f"wrote {written} {task} predictions to {args.output}", file=sys.stderr)
 
 
 def cli() -> None:

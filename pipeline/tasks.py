@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,6 +51,13 @@ METRIC_SUFFIX = {"accuracy": "acc", "f1": "f1", "pearson": "pearson", "spearman"
 CORRELATIONS = ("pearson", "spearman")
 # The prepared tables' text columns, by the number of sentences of an example.
 PREPARED_TEXT = {1: ["sentence"], 2: ["sentence1", "sentence2"]}
+# The splits a task's submission file is written for (pipeline/ensemble.py).
+SUBMISSION_SPLITS = ("dev", "test")
+# An overall_weight's bound: relative weights, so a million to one already silences a task.
+MAX_WEIGHT = 1e6
+# A task's name names files (sst_train.parquet), metrics (sst_acc) and DVC paths: lower-case
+# ASCII, so that no file system folds or normalises two names into one.
+TASK_NAME = r"[a-z_][a-z0-9_]{0,63}"
 
 
 class TaskError(UserError):
@@ -130,12 +139,64 @@ class TaskSpec:
         """Names of the predicted values 0…K (binary: [negative, positive])."""
         return list(self.classes) if self.classes else ["0", "1"]
 
+    def submission_file(self, split: str) -> str:
+        """The file name of ``split``'s predictions in the submission directory."""
+        return self.submission.file.format(task=self.name, split=split)
+
+
+def check_task_name(name: object, where: str) -> None:
+    """A task's name (its key in ``tasks:``) is lower-case ASCII (:data:`TASK_NAME`)."""
+    if not isinstance(name, str) or not re.fullmatch(TASK_NAME, name):
+        shown = repr(name[:64]) + "…" if isinstance(name, str) and len(name) > 64 else repr(name)
+        raise TaskError(f"{where}: task name {shown}: expected a lower-case identifier of "
+                        f"a-z, 0-9 and _, at most 64 characters (it names files and metrics, "
+                        f"e.g. sst_train.parquet, sst_acc)")
+
+
+def _check_columns(files: TaskFiles, where: str) -> None:
+    """The text, label and id columns are distinct: a label read from a text column would be
+    learnt from the text itself."""
+    if files.label in files.text:
+        raise TaskError(f"{where}.data.label: {files.label!r} is also a text column (data.text "
+                        f"{files.text}); expected the label's own column")
+    if files.id is not None and files.id in (*files.text, files.label):
+        raise TaskError(f"{where}.data.id: {files.id!r} is also a text or the label column; "
+                        f"expected the id's own column, or null (the row number is the id)")
+
+
+def _check_submission(name: str, submission: Submission, where: str) -> None:
+    """The submission file is a plain name inside the submission directory, one per split, and
+    its column a header that keeps the file's one-line header."""
+    template = submission.file
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template)
+                  if f is not None]
+    except ValueError as exc:
+        raise TaskError(f"{where}.submission.file: {template!r}: {exc}; expected a file name "
+                        f"with {{split}} (and optionally {{task}}) in it") from None
+    odd = [f"{{{f}}}" for f, spec, conv in fields if f not in ("task", "split") or spec or conv]
+    if odd:
+        raise TaskError(f"{where}.submission.file: {template!r} holds {odd}; expected only "
+                        f"{{task}} and {{split}}")
+    if "split" not in [f for f, _, _ in fields]:
+        raise TaskError(f"{where}.submission.file: {template!r} must hold {{split}} (one file "
+                        f"per split)")
+    for split in SUBMISSION_SPLITS:
+        file = template.format(task=name, split=split)
+        if (file in (".", "..") or "/" in file or "\\" in file or len(file.encode()) > 255
+                or any(ord(c) < 32 for c in file)):
+            raise TaskError(f"{where}.submission.file: {template!r} makes {file!r}; expected a "
+                            f"plain file name inside the submission directory (no /, \\, . "
+                            f"or .., control characters, at most 255 bytes)")
+    column = submission.column
+    if not column.strip() or any(ord(c) < 32 for c in column):
+        raise TaskError(f"{where}.submission.column: {column!r}: expected a header without "
+                        f"tabs or line breaks (the file's first line is `id \\t <column>`)")
+
 
 def resolve_task(name: str, spec: TaskSpec, where: str) -> TaskSpec:
     """Check a declared task and fill in what its kind implies; errors name ``where``."""
-    if not name.isidentifier() or not name.islower():
-        raise TaskError(f"{where}: task name {name!r}: expected a lower-case identifier (it names "
-                        f"files and metrics, e.g. sst_train.parquet, sst_acc)")
+    check_task_name(name, where)
     files = spec.data
     for split in ("train", "dev"):
         if not getattr(files, split):
@@ -143,6 +204,7 @@ def resolve_task(name: str, spec: TaskSpec, where: str) -> TaskSpec:
     if len(files.text) not in PREPARED_TEXT or len(set(files.text)) != len(files.text):
         raise TaskError(f"{where}.data.text: expected one text column (a sentence) or two "
                         f"(a pair), got {files.text}")
+    _check_columns(files, where)
     if files.twice_quoted and files.format != "cs224n":
         raise TaskError(f"{where}.data.twice_quoted: a quirk of the cs224n format only")
     if spec.kind == "classification":
@@ -172,11 +234,10 @@ def resolve_task(name: str, spec: TaskSpec, where: str) -> TaskSpec:
             raise TaskError(f"{where}.{key}: {value!r} does not suit a {spec.kind} task; "
                             f"expected one of {list(allowed)}")
         resolved[key] = value
-    if spec.overall_weight < 0:
-        raise TaskError(f"{where}.overall_weight: expected a number ≥ 0")
-    if "{split}" not in spec.submission.file:
-        raise TaskError(f"{where}.submission.file: {spec.submission.file!r} must hold "
-                        f"{{split}} (one file per split)")
+    if not 0 <= spec.overall_weight <= MAX_WEIGHT:
+        raise TaskError(f"{where}.overall_weight: {spec.overall_weight!r} is out of range; "
+                        f"expected a number ≥ 0 and ≤ {MAX_WEIGHT:g}")
+    _check_submission(name, spec.submission, where)
     return dataclasses.replace(spec, name=name, **resolved)
 
 

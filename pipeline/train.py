@@ -48,7 +48,7 @@ from pipeline.checkpoint import (
     rows_digest,
     save_state,
 )
-from pipeline.config import MemberConfig
+from pipeline.config import MemberConfig, check_max_length
 from pipeline.data import capped_index
 from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
@@ -221,6 +221,8 @@ class Trainer:
         self.device = resolve_device(self.cfg.device, world.local_rank)
         torch.manual_seed(self.cfg.seed)  # the same initial heads on every rank
         model = model or MultitaskModel(member.model, [member.specs[t] for t in member.tasks])
+        check_max_length(member, getattr(model.backbone.config, "max_position_embeddings", None),
+                         getattr(tokenizer, "model_max_length", None))
         self.model = model.to(self.device)
         if self.cfg.compile:  # in place: parameter names (checkpoints, saved members) unchanged
             self.model.backbone.compile(dynamic=True)

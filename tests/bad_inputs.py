@@ -577,9 +577,11 @@ def _unclosed_quote(ws: Path) -> None:
     edit_field(ws, SST_DEV, 6, 2, '"Wow , what a film')
 
 
-@data_case("data-quote-over-field-limit", "error", SST_TRAIN, "line 5")
+@data_case("data-quote-over-field-limit", "error", SST_TRAIN, "line 5", "never closed",
+           ("file ends", "end of the file", "end of file"))
 def _quote_over_limit(ws: Path) -> None:
-    # An opening quote never closed swallows the following ~200 KB: past csv's field limit.
+    # An opening quote never closed swallows the following ~200 KB (past csv's default field
+    # limit, which the reader lifts) up to the end of the file.
     path = data_file(ws, SST_TRAIN)
     head_lines(CS224N / SST_TRAIN, path, 2000)
     edit_field(ws, SST_TRAIN, 5, 2, '"A quote opened here')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import math
 import shlex
 import types
 import typing
@@ -13,6 +15,8 @@ import pytest
 import yaml
 
 from pipeline.config import (
+    MAX_NODES,
+    MAX_PARAMS_BYTES,
     AugmentConfig,
     ConfigError,
     CustomScheduleConfig,
@@ -28,6 +32,7 @@ from pipeline.config import (
     SmartConfig,
     TrainConfig,
     _ParamsLoader,
+    check_max_length,
     load_params,
     member_for_seed,
     parse_params,
@@ -685,3 +690,345 @@ def test_sampling_weights_name_real_tasks_and_a_sampled_schedule(raw):
     assert "sampling_weights" in error_of(raw)
     raw["train"]["sampling_weights"] = {"sts": 0.5}
     assert parse_params(raw).models["plain"].train.sampling_weights == {"sts": 0.5}
+
+
+def above(rule: Range, base: type):
+    """A value just above ``rule``'s upper bound."""
+    if rule.le is not None:
+        return rule.le + 1 if base is int else float(rule.le) * 2
+    return rule.lt if base is int else float(rule.lt)
+
+
+UPPER = [(section, key, rule, base) for section, key, rule, base in RANGED
+         if rule.le is not None or rule.lt is not None]
+
+
+def test_every_integer_knob_has_an_upper_bound():
+    # A count without one lets a typo (2**63) exhaust memory or time instead of failing here.
+    unbounded = [f"{s}.{k}" for s, k, rule, base in RANGED
+                 if base is int and rule.le is None and rule.lt is None]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("section,key,rule,base", UPPER, ids=[f"{s}.{k}" for s, k, _, _ in UPPER])
+def test_values_above_the_upper_bound_are_one_line_errors(raw, section, key, rule, base):
+    value = above(rule, base)
+    node = raw.setdefault(section, {})
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    assert error_of(raw) == (f"params.yaml: {section}.{key}: {value!r} is out of range; expected "
+                             f"{'an integer' if base is int else 'a number'} {rule.describe()}")
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("epochs", 2**63,
+     "train.epochs: 9223372036854775808 is out of range; expected an integer ≥ 1 and ≤ 1000"),
+    ("batch_size", 2**40, "train.batch_size: 1099511627776 is out of range"),
+    ("lr", 10**400, "train.lr: expected a finite number, got an integer of 1,329 bits"),
+])
+def test_absurd_values_by_hand(raw, key, value, expected):
+    raw["train"][key] = value
+    assert expected in error_of(raw)
+
+
+def test_a_run_of_more_steps_than_planned_up_front_is_an_error(raw):
+    # Each bound alone allows 1000 epochs and 10⁶ batches per epoch; together they are 10⁹ steps.
+    raw["train"].update(epochs=1000, batches_per_epoch=10**6)
+    assert error_of(raw) == ("params.yaml: train.batches_per_epoch: 1000 epochs × 1000000 "
+                             "batches are 1,000,000,000 steps; expected at most 10,000,000 (the "
+                             "schedule lists every step up front)")
+    raw["train"]["batches_per_epoch"] = 10**4
+    assert parse_params(raw).train.epochs == 1000
+
+
+def test_more_micro_batches_than_examples_are_an_error(raw):
+    raw["models"]["big_batch"]["train"]["grad_accum"] = 65
+    assert ("models.big_batch.train.grad_accum: 65 micro-batches of a batch of batch_size = 64 "
+            "examples; expected grad_accum ≤ batch_size") in error_of(raw)
+    raw["models"]["big_batch"]["train"]["grad_accum"] = 64
+    assert parse_params(raw).models["big_batch"].train.grad_accum == 64
+
+
+def test_seeds_are_bounded_in_number(raw):
+    raw["seeds"] = list(range(1001))
+    assert error_of(raw) == ("params.yaml: seeds: 1,001 seeds; expected at most 1000 (each trains "
+                             "every member once)")
+
+
+# --- NaN, infinities, strings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,value,where", [
+    ("train.lr", math.nan, "train.lr"),
+    ("train.lr", math.inf, "train.lr"),
+    ("train.weight_decay", -math.inf, "train.weight_decay"),
+    ("train.betas", [math.nan, 0.999], "train.betas[0]"),
+    ("train.checkpoint_minutes", math.inf, "train.checkpoint_minutes"),
+    ("smart.lambda", math.nan, "smart.lambda"),
+    ("loss.task_weights", {"sts": math.nan}, "loss.task_weights.sts"),
+    ("train.sampling_weights", {"sts": math.inf}, "train.sampling_weights.sts"),
+    ("models.plain.smart", {"lambda": math.nan}, "models.plain.smart.lambda"),
+], ids=lambda v: str(v))
+def test_nan_and_infinities_pass_no_range(raw, path, value, where):
+    # NaN compares false with every bound, so a range check alone would let it through.
+    *parents, leaf = path.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    if path == "train.sampling_weights":
+        raw["train"]["schedule"] = "annealed"
+    shown = "nan" if "nan" in repr(value) else "-inf" if "-inf" in repr(value) else "inf"
+    assert error_of(raw) == f"params.yaml: {where}: expected a finite number, got {shown}"
+
+
+def test_strings_are_bounded_and_hold_no_nul(raw):
+    raw["model"] = {"backbone": "b" * 100_000}
+    message = error_of(raw)
+    assert message.startswith("params.yaml: model.backbone: 'bbbb") and message.endswith(
+        "… (100,000 characters) is too long; expected at most 4096 characters")
+    assert len(message) < 200
+    raw["model"] = {"backbone": "models/a\x00b"}
+    assert error_of(raw) == ("params.yaml: model.backbone: 'models/a\\x00b' holds a NUL "
+                             "character; no name or path can")
+
+
+def test_an_error_shows_a_huge_value_cut(raw):
+    raw["train"]["betas"] = [0.5] * 100_000
+    message = error_of(raw)
+    assert message.startswith("params.yaml: train.betas: expected two numbers [β1, β2], got "
+                              "[0.5, 0.5, 0.5,") and message.endswith(", …]") and len(message) < 300
+
+
+def test_eda_operations_must_not_be_empty(raw):
+    raw["augment"] = {"eda": {"operations": []}}
+    assert error_of(raw) == ("params.yaml: augment.eda.operations: expected a non-empty list "
+                             "from ['sr', 'ri', 'rs', 'rd'], got []")
+
+
+# --- member shapes and names -------------------------------------------------------------------
+
+MEMBER_LOOKS = "expected a mapping of its tasks and optional overrides, e.g. {tasks: [sst, qqp]"
+
+
+@pytest.mark.parametrize("member", [["sst", "qqp"], 3, "sst", [{"tasks": ["sst"]}], True],
+                         ids=["task-list", "number", "string", "list-of-mappings", "bool"])
+def test_a_member_of_another_shape_says_what_a_member_looks_like(raw, member):
+    raw["models"]["plain"] = member
+    message = error_of(raw)
+    assert message.startswith(f"params.yaml: models.plain: {MEMBER_LOOKS}"), message
+    assert f"got {member!r}" in message
+
+
+def test_a_member_given_its_task_names_is_shown_how_to_write_them(raw):
+    raw["models"]["plain"] = ["sst", "qqp"]
+    assert error_of(raw).endswith("; for a member of these tasks write {tasks: [sst, qqp]}")
+    raw["models"]["plain"] = {"sst": None, "qqp": None}
+    message = error_of(raw)
+    assert "models.plain: unknown key(s) ['qqp', 'sst']; a member is a mapping of its tasks" in (
+        message)
+
+
+@pytest.mark.parametrize("section", ["train", "smart", "model"])
+def test_a_member_section_given_as_a_list(raw, section):
+    raw["models"]["plain"][section] = [{"lr": 1.0}]
+    assert error_of(raw) == (f"params.yaml: models.plain.{section}: expected a mapping of the "
+                             f"{section} keys this member overrides, got [{{'lr': 1.0}}]")
+
+
+@pytest.mark.parametrize("name", [5, None, "a/b", "a b", ".hidden", "a.b", "-a", "x" * 65,
+                                  "modèle", "a@b", ""])
+def test_member_names_are_safe_for_dvc_and_file_systems(raw, name):
+    raw["models"][name] = {"tasks": ["sst"]}
+    message = error_of(raw)
+    assert message.startswith("params.yaml: models: member name ") and (
+        "expected letters, digits, _ and -, starting with a letter or _, at most 64 characters"
+        in message), message
+
+
+def test_member_names_of_letters_digits_underscores_and_hyphens_are_fine(raw):
+    raw["models"] = {"sst_single-2": {"tasks": ["sst"]}, "_x": {}, "B": {}}
+    raw["ensemble"] = {"sst": ["sst_single-2", "_x"]}
+    assert list(parse_params(raw).models) == ["sst_single-2", "_x", "B"]
+
+
+def test_member_names_that_differ_by_case_alone_are_an_error(raw):
+    raw["models"]["Plain"] = {}
+    assert error_of(raw) == ("params.yaml: models.Plain: differs from models.plain only by case; "
+                             "their directories collide on a case-insensitive file system: "
+                             "rename one")
+
+
+def test_unknown_keys_of_mixed_types_are_listed(raw):
+    raw["train"].update({1: 2, "foo": 3, None: 4})
+    assert error_of(raw).startswith("params.yaml: train: unknown key(s) [1, None, 'foo']; known:")
+    del raw["train"][1], raw["train"]["foo"], raw["train"][None]
+    raw[7] = {}
+    assert error_of(raw).startswith("params.yaml: unknown top-level key(s) [7]; known:")
+
+
+def test_a_source_named_twice_in_augment(raw):
+    raw["models"]["plain"]["augment"] = ["eda", "eda"]
+    assert error_of(raw) == ("params.yaml: models.plain.augment: ['eda', 'eda'] names a source "
+                             "twice; expected distinct sources (each adds its rows once)")
+
+
+# --- ensemble ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [{}, None, []], ids=["empty", "null", "list"])
+def test_an_ensemble_of_nothing_is_an_error(raw, value):
+    # It would score an overall of 0.0 and write no submission, silently.
+    raw["ensemble"] = value
+    message = error_of(raw)
+    assert message.startswith("params.yaml: ensemble: expected a mapping of tasks to the members "
+                              "averaged for each") and f"got {value!r}" in message
+
+
+@pytest.mark.parametrize("members", [[], None], ids=["empty", "null"])
+def test_an_ensemble_task_with_no_member_is_an_error(raw, members):
+    raw["ensemble"]["sst"] = members
+    assert error_of(raw) == (f"params.yaml: ensemble.sst: expected a list of at least one member, "
+                             f"got {members!r}; leave the task out to ensemble none")
+
+
+def test_an_ensemble_task_names_a_member_once(raw):
+    raw["ensemble"]["qqp"] = ["plain", "plain"]
+    assert error_of(raw).startswith("params.yaml: ensemble.qqp: ['plain', 'plain'] names a member "
+                                    "twice")
+
+
+def test_an_absent_ensemble_takes_every_member_trained_on_each_task(raw):
+    del raw["ensemble"]
+    raw["models"]["sst_only"] = {"tasks": ["sst"]}
+    assert parse_params(raw).ensemble == {"sst": ["plain", "big_batch", "sst_only"],
+                                          "qqp": ["plain", "big_batch"],
+                                          "sts": ["plain", "big_batch"]}
+
+
+def test_a_declared_task_the_ensemble_leaves_out_is_noticed(raw, caplog):
+    # Not refused: a member may train on a task only to help the others.
+    with caplog.at_level(logging.INFO, logger="bestfit.config"):
+        params = parse_params(raw)
+    assert params.ensemble == {"sst": ["plain", "big_batch"], "qqp": ["plain"]}
+    assert [r.getMessage() for r in caplog.records] == [
+        "params.yaml: ensemble: no member for declared task(s) ['sts']: the ensemble stage writes "
+        "no predictions, score or submission for them"]
+    caplog.clear()
+    raw["ensemble"]["sts"] = ["plain"]
+    with caplog.at_level(logging.INFO, logger="bestfit.config"):
+        parse_params(raw)
+    assert caplog.records == []
+
+
+# --- max_length against the backbone -----------------------------------------------------------
+
+
+def test_max_length_above_the_backbones_positions_is_an_error(raw):
+    raw["model"] = {"max_length": 600}
+    member = parse_params(raw).models["plain"]
+    huge = int(1e30)  # transformers' model_max_length when a tokenizer declares none
+    with pytest.raises(ConfigError) as info:
+        check_max_length(member, 512, huge)
+    assert str(info.value) == (
+        "params.yaml: model.max_length of member 'plain': 600 is above what backbone "
+        "'bert-base-uncased' encodes (max_position_embeddings 512); expected ≤ 512")
+    # RoBERTa: 514 position rows, 512 tokens: the tokenizer's smaller limit is the one named.
+    with pytest.raises(ConfigError, match=r"\(tokenizer's model_max_length 512\); expected ≤ 512"):
+        check_max_length(member, 514, 512)
+    check_max_length(member, 600, huge)
+    check_max_length(member, None, None)  # a backbone that declares neither: nothing to check
+
+
+# --- the YAML itself ---------------------------------------------------------------------------
+
+
+def test_merge_keys_work_and_the_keys_beside_them_override(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "train: {schedule: round_robin}\n"
+        "models:\n"
+        "  base: &base\n"
+        "    tasks: [sst, qqp]\n"
+        "    train: {lr: 1.0e-4, epochs: 3}\n"
+        "  variant:\n"
+        "    <<: *base\n"
+        "    train: {lr: 5.0e-5}\n"
+        "  same: {<<: *base}\n")
+    params = load_params(path)
+    assert params.models["variant"].tasks == ["sst", "qqp"]
+    assert params.models["variant"].train.lr == 5e-5  # its own key wins over the merged one
+    assert params.models["variant"].train.epochs == TrainConfig.epochs  # not merged deeply
+    assert params.models["same"].train == params.models["base"].train
+
+
+def test_a_key_given_twice_beside_a_merge_key_is_still_an_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models:\n  a: &a {tasks: [sst]}\n  b:\n    <<: *a\n    tasks: [qqp]\n"
+                    "    tasks: [sts]\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == (f"{path}: line 6: key 'tasks' appears twice in one mapping (first "
+                               f"on line 5); keep one")
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Each level a list of nine aliases of the one before: 9**levels values expanded."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(["models: {m: {}}", "train:", "  betas:", *("    " + line for line in
+                      ["- " + lines[0].split(": ", 1)[1]] + [
+                          "- " + line.split(": ", 1)[1] for line in lines[1:]])]) + "\n"
+
+
+def test_an_alias_bomb_stops_with_one_line_before_it_is_expanded(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(billion_laughs())  # 9⁹ ≈ 3.9·10⁸ values in 12 lines
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    # Named: the first list past the bound, the sixth level (9⁶ = 531,441 values) on line 9.
+    assert str(info.value) == (f"{path}: line 9: this value expands (aliases included) to more "
+                               f"than {MAX_NODES:,} values; expected a params file, not an alias "
+                               f"bomb")
+    path.write_text(billion_laughs(3))  # 9³ values: a real (if odd) document is read
+    with pytest.raises(ConfigError, match=r"train\.betas\[0\]: expected a number, got \['lol'"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("models: {m: {}}\ntrain: &t\n  custom: *t\n", "line 2: a value that holds itself"),
+    ("models: {m: {}}\ntrain: {betas: " + "[" * 100 + "]" * 100 + "}\n",
+     "values nested more than 64 deep"),
+    ("models: {m: {}}\ntrain: {betas: " + "[" * 5000 + "]" * 5000 + "}\n",
+     "values nested too deeply to read"),
+    ("models: {m: {}}\ntrain: {epochs: " + "9" * 5000 + "}\n",
+     "a value cannot be read: Exceeds the limit (4300 digits) for integer string conversion"),
+], ids=["recursive", "deep", "deeper-than-python", "huge-int"])
+def test_documents_no_params_file_is_are_one_line_errors(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_params_file_is_read_only_to_its_bound(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models: {m: {}}\n# " + "x" * MAX_PARAMS_BYTES + "\n")
+    with pytest.raises(ConfigError, match=r"larger than 10 MiB; expected a params file"):
+        load_params(path)
+    # A device never ends: it is read to the bound and refused, not read until memory runs out.
+    with pytest.raises(ConfigError, match=r"^/dev/zero: larger than 10 MiB"):
+        load_params("/dev/zero")
+
+
+def test_a_blank_backbone_and_a_cosine_head_named_twice_are_errors(raw):
+    raw["model"] = {"backbone": " "}
+    assert error_of(raw) == ("params.yaml: model.backbone: ' ' is not allowed; expected a hub id, "
+                             "a local directory or minilm")
+    raw["model"] = {"pair_encoding": "separate", "cosine_heads": ["sts", "sts"]}
+    assert error_of(raw) == ("params.yaml: model.cosine_heads: ['sts', 'sts'] names a task twice; "
+                             "expected distinct tasks")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_stage
 
 from pipeline import data
 from pipeline.config import build_tasks
@@ -234,6 +235,34 @@ def test_bad_sst_rows_rejected_with_reasons(tmp_path):
         (6, ["empty sentence"]),
         (7, ["duplicate id"]),
     ]
+
+
+def test_labels_only_python_would_read_are_rejected_and_counted(tmp_path):
+    write_tsv(tmp_path / "ids-sst-train.csv", [
+        "\tid\tsentence\tsentiment",
+        "0\ta\tfine\t 3 ",  # kept: spaces around a number
+        "1\tb\tunderscore\t0_1",  # float("0_1") is 1.0
+        "2\tc\tfullwidth\t\uff11",  # float("１") is 1.0
+        "3\td\tplus\t+2",  # kept
+        "4\te\tinfinite\t1e999",
+    ])
+    table, report = read_task_split(tmp_path, "sst", "train")
+    assert table["id"].tolist() == ["a", "d"] and table["label"].tolist() == [3, 2]
+    assert report.to_dict()["rejected"] == {"label not a number": 3}
+
+
+def test_jsonl_with_a_byte_order_mark_and_windows_line_endings_reads_as_plain(tmp_path):
+    spec = build_tasks({"pol": {"kind": "binary", "data": {
+        "format": "jsonl", "dir": str(tmp_path), "train": "t.jsonl", "dev": "d.jsonl",
+        "text": ["text"]}}})["pol"]
+    (tmp_path / "t.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + b'{"id": "a", "text": "good", "label": 1}\r\n'
+        b'{"id": "b", "text": "bad\\nfilm", "label": 0}\r\n\r\n')
+    table, report = read_task_split(tmp_path, spec, "train")
+    assert table[["id", "sentence", "label"]].values.tolist() == [
+        ["a", "good", 1], ["b", "bad\nfilm", 0]]
+    # the blank line at the end is counted, as in every other format
+    assert report.to_dict()["rejected"] == {"blank line": 1}
 
 
 @pytest.mark.parametrize(
@@ -480,3 +509,72 @@ def test_url_source_downloads_then_uses_cache(served, small_source, tmp_path, mo
     with pytest.raises(DataError, match="could not download"):
         fetch_source("http://127.0.0.1:9/", cache)
     assert not (cache / "ids-sst-train.csv").exists()
+
+
+# --- leakage: the same id or example in two splits ------------------------------------------
+
+
+@pytest.fixture
+def leaky_source(small_source: Path) -> Path:
+    """small_source where dev repeats train: SST by sentence (case and spacing aside) and by id,
+    QQP by a pair in the other order, STS by a pair as it is."""
+    write_tsv(small_source / "ids-sst-train.csv", [
+        "\tid\tsentence\tsentiment", "0\ts1\t good film\t4", "1\ts2\tbad film\t0",
+        "2\ts3\ta fine story\t3"])
+    write_tsv(small_source / "ids-sst-dev.csv", [
+        "\tid\tsentence\tsentiment", "0\tsd1\tGOOD   Film\t3", "1\ts2\tdull\t1"])
+    write_tsv(small_source / "quora-dev.csv", [
+        "\tid\tsentence1\tsentence2\tis_duplicate", "7\tqdev1\tWhy?\tHow?\t0.0",
+        "9\tqdev2\tWho?\tWhere?\t0.0"])
+    write_tsv(small_source / "sts-dev.csv", [
+        "\tid\tsentence1\tsentence2\tsimilarity", "3\ttdev1\tA dog.\tA cat.\t1.0",
+        "5\ttdev2\tA bird.\tA fish.\t2.0"])
+    return small_source
+
+
+def test_rows_in_two_splits_are_counted_per_task_and_pair_of_splits(leaky_source, tmp_path):
+    report = prepare(str(leaky_source), {}, 0, tmp_path / "c").report["leakage"]
+    assert report["policy"] == "keep"
+    counts = report["tasks"]
+    none = {"rows": 0, "same_id": 0, "same_example": 0, "examples": []}
+    assert counts["sst"] == {
+        "train-dev": {"rows": 2, "same_id": 1, "same_example": 1, "examples": ["s1", "s2"]},
+        "train-test": none, "dev-test": none}
+    assert counts["qqp"] == {
+        "train-dev": {"rows": 1, "same_id": 0, "same_example": 1, "examples": ["qtrain1"]},
+        "train-test": none, "dev-test": none}  # no QQP test file
+    assert counts["sts"]["train-dev"] == {"rows": 1, "same_id": 0, "same_example": 1,
+                                          "examples": ["ttrain1"]}
+
+
+def test_leaked_train_rows_are_kept_or_dropped_as_asked(leaky_source, tmp_path):
+    kept = prepare(str(leaky_source), {}, 0, tmp_path / "c").tables
+    assert kept["sst", "train"]["id"].tolist() == ["s1", "s2", "s3"]
+    dropped = prepare(str(leaky_source), {}, 0, tmp_path / "c", leakage="drop")
+    assert dropped.tables["sst", "train"]["id"].tolist() == ["s3"]
+    assert dropped.tables["qqp", "train"]["id"].tolist() == ["qtrain2"]
+    assert dropped.tables["sts", "train"]["id"].tolist() == ["ttrain2"]
+    # dev and test are the benchmark's own: never dropped from
+    assert dropped.tables["sst", "dev"]["id"].tolist() == ["sd1", "s2"]
+    assert dropped.report["leakage"]["tasks"]["sst"]["train_rows_dropped"] == 2
+    assert dropped.report["tasks"]["sst"]["train"]["rows_written"] == 1
+    write_tsv(leaky_source / "ids-sst-train.csv", [
+        "\tid\tsentence\tsentiment", "0\ts1\tgood film\t4"])
+    with pytest.raises(DataError, match="sst train: all 1 rows are also in dev or test"):
+        prepare(str(leaky_source), {}, 0, tmp_path / "c", leakage="drop")
+    with pytest.raises(DataError, match=r"data.leakage: 'discard'; expected one of"):
+        prepare(str(leaky_source), {}, 0, tmp_path / "c", leakage="discard")
+
+
+def test_the_stage_names_leaked_rows_in_one_notice_each(leaky_source, tmp_path):
+    report = prepare(str(leaky_source), {}, 0, tmp_path / "c").report
+    stage = load_stage("prepare")
+    assert stage.leakage_notices(report, {"sst": False, "qqp": True, "sts": True}) == [
+        "prepare: notice: sst: 2 train row(s) also in dev (same id: 1, same sentence: 1), e.g. "
+        "ids 's1', 's2'; kept in train (data.leakage: keep; `drop` removes them)",
+        "prepare: notice: qqp: 1 train row(s) also in dev (same id: 0, same sentence pair "
+        "(either order): 1), e.g. ids 'qtrain1'; kept in train (data.leakage: keep; `drop` "
+        "removes them)",
+        "prepare: notice: sts: 1 train row(s) also in dev (same id: 0, same sentence pair "
+        "(either order): 1), e.g. ids 'ttrain1'; kept in train (data.leakage: keep; `drop` "
+        "removes them)"]

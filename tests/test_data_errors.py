@@ -3,19 +3,23 @@ with one message naming the file, line, field (or byte offset) and what was expe
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import http.server
+import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline import data
+from pipeline.config import build_tasks
 from pipeline.data import (
     CS224N_SHA256,
     DataError,
@@ -195,20 +199,26 @@ def test_wrong_header_names_the_field(tmp_path, task, split, header, problem):
 # --- quoting: the line and field where the quote opens --------------------------------------
 
 
-def test_unclosed_quote_past_the_field_size_limit_names_where_it_opens(tmp_path):
-    rows = sst_rows(3000, start=2)
+def test_a_sentence_past_the_csv_field_limit_is_read_whole(tmp_path):
+    # 131,072 characters is Python csv's default limit; a longer field is still a legal one
+    long = "a very long review of a film " * 7000  # 203,000 characters
+    write_lines(tmp_path / "ids-sst-train.csv",
+                [SST_HEADER, "0\ta\tfine\t2", f"1\tb\t{long}\t3", f'2\tc\t"{long}"\t4'])
+    table, report = read_task_split(tmp_path, "sst", "train")
+    assert table["sentence"].tolist() == ["fine", long.strip(), long.strip()]
+    assert report.rows_rejected == 0
+
+
+def test_unclosed_quote_in_a_long_file_names_where_it_opens(tmp_path):
+    # The quote swallows the following 3000 lines (~180 kB, past csv's default field limit) up
+    # to the end of the file, where the quote is found never closed.
     path = write_lines(
         tmp_path / "ids-sst-train.csv",
-        [SST_HEADER, "0\ta\tfine\t2", '1\tb\t"an unclosed quote\t3', *rows],
+        [SST_HEADER, "0\ta\tfine\t2", '1\tb\t"an unclosed quote\t3', *sst_rows(3000, start=2)],
     )
-    # The field runs from after the quote on line 3 through whole lines until past the limit.
-    limit, size, end = csv.field_size_limit(), len("an unclosed quote\t3\n"), 3
-    while size <= limit:
-        end += 1
-        size += len(rows[end - 4]) + 1
     assert error_of(tmp_path, "sst", "train") == (
-        f"{path}: line 3, field 3 ('sentence'): a field longer than the limit of {limit} "
-        f"characters (read up to line {end}); probably a quote (\") opened here is never closed"
+        f"{path}: line 3, field 3 ('sentence'): a quote (\") opened here is never closed before "
+        "the file ends"
     )
 
 
@@ -518,3 +528,183 @@ def test_cached_file_with_a_wrong_digest_is_fetched_again(cs224n_dir, serve, tmp
     shutil.copy(cs224n_dir / "sts-dev.csv", cache / "ids-sst-train.csv")  # a stale wrong file
     fetch_source(url, cache)
     assert sha256(cache / "ids-sst-train.csv") == CS224N_SHA256["ids-sst-train.csv"]
+
+
+# --- headers: a column named twice ----------------------------------------------------------
+
+
+def test_a_cs224n_header_naming_a_column_twice_names_it(tmp_path):
+    path = write_lines(tmp_path / "sts-dev.csv", [f"{PAIR_HEADER}\tsentence1", "0\ta\tx\ty\t1"])
+    assert error_of(tmp_path, "sts", "dev") == (
+        f"{path}: line 1 (header): column 'sentence1' appears twice (fields 3 and 5); each "
+        "column needs a name of its own")
+
+
+def nli(directory: Path, fmt: str = "csv", **data_keys) -> data.TaskSpec:
+    """A declared pair task reading ``train.<fmt>`` from ``directory``."""
+    return build_tasks({"nli": {"classes": ["no", "yes"], "data": {
+        "format": fmt, "dir": str(directory), "train": f"train.{fmt}", "dev": f"dev.{fmt}",
+        "text": ["premise", "hypothesis"], **data_keys}}})["nli"]
+
+
+def nli_error(directory: Path, fmt: str = "csv", **data_keys) -> str:
+    with pytest.raises(DataError) as err:
+        read_task_split(directory, nli(directory, fmt, **data_keys), "train")
+    return str(err.value)
+
+
+@pytest.mark.parametrize(("fmt", "sep"), [("csv", ","), ("tsv", "\t")])
+def test_a_csv_header_naming_the_text_column_twice_names_it(tmp_path, fmt, sep):
+    path = tmp_path / f"train.{fmt}"
+    path.write_text(sep.join(["id", "premise", "premise", "hypothesis", "label"]) + "\n"
+                    + sep.join(["a", "p", "q", "h", "1"]) + "\n")
+    assert nli_error(tmp_path, fmt) == (
+        f"{path}: line 1 (header): column 'premise' appears twice (fields 2 and 3); each column "
+        "needs a name of its own")
+
+
+def test_a_csv_row_with_too_many_fields_names_its_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("id,premise,hypothesis,label\na,p,h,1\nb,p,h,1,extra\n")
+    assert nli_error(tmp_path).startswith(
+        f"{path}: line 3: 5 fields, expected 4 (id, premise, hypothesis, label): an extra column")
+
+
+def test_csv_header_names_padded_with_spaces_are_read(tmp_path):
+    (tmp_path / "train.csv").write_text("id , premise,hypothesis ,label \na,p,h,yes\n")
+    table, _ = read_task_split(tmp_path, nli(tmp_path), "train")
+    assert table[["id", "sentence1", "sentence2", "label"]].values.tolist() == [["a", "p", "h", 1]]
+
+
+def test_a_padded_jsonl_key_is_named_with_its_spaces(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"id": "a", "premise": "p", "hypothesis": "h", "label ": 1}) + "\n")
+    assert nli_error(tmp_path, "jsonl") == (
+        f"{path}: task nli: column 'label' (tasks.nli.data.label) is not in the file; its "
+        "columns: ['id', 'premise', 'hypothesis', 'label '] ('label ' has spaces around its name)")
+
+
+# --- ids: one line of the submission each ---------------------------------------------------
+
+
+def test_a_quoted_newline_in_a_cs224n_id_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "ids-sst-dev.csv",
+                       [SST_HEADER, "0\ta\tfine\t2", '1\t"b\nc"\tgood\t3'])
+    assert error_of(tmp_path, "sst", "dev") == (
+        f"{path}: line 3, field 2 ('id'): id 'b\\nc' holds a line break (\\n); an id is written "
+        "as one line of the submission file, so it must hold no line break, tab or control "
+        "character")
+
+
+def test_a_tab_in_a_csv_id_is_an_error(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('id,premise,hypothesis,label\na,p,h,1\n"b\tc",p,h,1\n')
+    message = nli_error(tmp_path)
+    assert message.startswith(f"{path}: task nli: line 3, field 'id': id 'b\\tc' holds a tab;")
+
+
+# --- typed cells: a text is a string, an id a string or an integer ---------------------------
+
+
+def jsonl_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (42, "a number (42)"), (1.5, "a number (1.5)"), (True, "a boolean (True)"),
+    ({"text": "p"}, "an object ({'text': 'p'})"), (["p", "q"], "a list (['p', 'q'])"),
+])
+def test_a_jsonl_text_that_is_not_a_string_names_line_and_field(tmp_path, value, shown):
+    path = jsonl_rows(tmp_path / "train.jsonl", [
+        {"id": "a", "premise": "p", "hypothesis": "h", "label": 1},
+        {"id": "b", "premise": "p", "hypothesis": value, "label": 0}])
+    assert nli_error(tmp_path, "jsonl") == (
+        f"{path}: task nli: line 2, field 'hypothesis': {shown}; expected text (a string)")
+
+
+def test_a_parquet_text_column_of_another_type_names_the_row(tmp_path):
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"id": ["a", "b"], "premise": [3, 4], "hypothesis": ["h", "i"],
+                  "label": [0, 1]}).to_parquet(path)
+    assert nli_error(tmp_path, "parquet") == (
+        f"{path}: task nli: row 0, field 'premise': a number (3); expected text (a string)")
+
+
+def test_a_float_id_column_in_parquet_is_an_error(tmp_path):
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"id": [1.0, float("nan")], "premise": ["p", "q"], "hypothesis": ["h", "i"],
+                  "label": [0, 1]}).to_parquet(path)
+    assert nli_error(tmp_path, "parquet").startswith(
+        f"{path}: task nli: row 0, field 'id': a number with a fraction part (1.0); expected "
+        "an id, a string or an integer")
+
+
+def test_integer_ids_and_numeric_labels_are_read(tmp_path):
+    pd.DataFrame({"id": [7, 8], "premise": ["p", "q"], "hypothesis": ["h", "i"],
+                  "label": [0.0, 1.0]}).to_parquet(tmp_path / "train.parquet")
+    table, _ = read_task_split(tmp_path, nli(tmp_path, "parquet"), "train")
+    assert table["id"].tolist() == ["7", "8"] and table["label"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("label", ["0_1", "\uff11", "1e999", "nan"])
+def test_a_label_python_would_read_is_not_a_number_in_a_declared_task(tmp_path, label):
+    path = tmp_path / "train.csv"
+    path.write_text(f"id,premise,hypothesis,label\na,p,h,1\nb,p,h,{label}\n", encoding="utf-8")
+    assert nli_error(tmp_path).startswith(
+        f"{path}: task nli: line 3, field 'label': {label!r} is not a declared label")
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"id": "a", "premise": "p", "premise": "q", "hypothesis": "h", "label": 1}',
+     "line 1: key 'premise' appears twice in the object"),
+    ('["a", "p", "h", 1]', "not a readable jsonl file (tasks.nli.data.format): line 1: a list, "
+     "expected a JSON object ({...}) per line"),
+    ('{"id": "a", "premise": "p",', "not a readable jsonl file (tasks.nli.data.format): line 1, "
+     "column 28: Expecting property name enclosed in double quotes"),
+])
+def test_a_jsonl_line_that_is_not_one_object_names_the_line(tmp_path, line, problem):
+    path = tmp_path / "train.jsonl"
+    path.write_text(line + "\n")
+    assert nli_error(tmp_path, "jsonl").startswith(f"{path}: task nli: {problem}")
+
+
+# --- special files: never opened, named before anything is read ------------------------------
+
+
+def test_a_fifo_beside_the_cs224n_files_stops_prepare_before_reading(small_source, tmp_path):
+    os.mkfifo(small_source / "notes.fifo")  # reading it would wait forever
+    with pytest.raises(DataError) as err:
+        prepare(str(small_source), {}, 0, tmp_path / "cache")
+    assert str(err.value) == (
+        f"{small_source / 'notes.fifo'}: a named pipe (FIFO), not a regular file, in a data "
+        f"directory prepare reads ({small_source}); reading it waits forever and DVC hashes "
+        "every file there (`dvc status`, `dvc repro` hang): remove it or move it out")
+
+
+def test_a_socket_or_a_link_to_a_device_under_a_task_directory_is_named(small_source, tmp_path):
+    task_dir = tmp_path / "tasks" / "nli"
+    (task_dir / "extra").mkdir(parents=True)
+    jsonl_rows(task_dir / "train.jsonl", [{"id": "a", "premise": "p", "hypothesis": "h",
+                                           "label": 1}])
+    jsonl_rows(task_dir / "dev.jsonl", [{"id": "b", "premise": "p", "hypothesis": "h",
+                                         "label": 0}])
+    tasks = {**data.default_tasks(), "nli": nli(task_dir, "jsonl")}
+    (task_dir / "extra" / "null").symlink_to("/dev/null")
+    with pytest.raises(DataError, match=r"extra/null: a character device, not a regular file"):
+        prepare(str(small_source), {}, 0, tmp_path / "cache", tasks=tasks)
+    (task_dir / "extra" / "null").unlink()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(task_dir / "extra" / "s"))
+    try:
+        with pytest.raises(DataError, match=r"extra/s: a socket, not a regular file"):
+            prepare(str(small_source), {}, 0, tmp_path / "cache", tasks=tasks)
+    finally:
+        sock.close()
+
+
+def test_a_fifo_in_place_of_a_split_file_is_named_as_one(small_source):
+    (small_source / "sts-dev.csv").unlink()
+    os.mkfifo(small_source / "sts-dev.csv")
+    assert error_of(small_source, "sts", "dev") == (
+        f"{small_source / 'sts-dev.csv'}: a named pipe (FIFO); expected the sts dev split file")

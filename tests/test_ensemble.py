@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import load_stage
 
 from pipeline.data import schema
 from pipeline.ensemble import (
@@ -115,7 +116,7 @@ def test_members_with_other_ids_name_the_member(other_ids):
 
 
 def test_no_member_is_an_error():
-    with pytest.raises(ValueError, match="ensemble.qqp"):
+    with pytest.raises(UserError, match="ensemble.qqp: names no member"):
         average_predictions("qqp", {})
 
 
@@ -414,3 +415,58 @@ def test_stage_leaves_no_temp_files(stage_run):
     assert hidden == []
     assert sorted(p.name for p in (tmp / "plots").iterdir()) == [
         "qqp_confusion.csv", "sst_confusion.csv", "sts_scatter.csv"]
+
+
+def outputs_of(tmp: Path) -> dict[str, str]:
+    """Every output file of the stage in ``tmp`` and its content."""
+    return {str(p.relative_to(tmp)): p.read_bytes().hex() for name in
+            ("metrics.json", "predictions", "submission", "plots", "cards")
+            for p in ([tmp / name] if name.endswith(".json") else sorted((tmp / name).rglob("*")))}
+
+
+ARGV = ["--params", "params.yaml", "--prepared", "prep", "--models", "mods",
+        "--metrics", "metrics.json", "--predictions", "predictions", "--submission", "submission",
+        "--plots", "plots", "--cards", "cards"]
+
+
+def test_a_stage_failing_midway_leaves_every_old_output(tmp_path, monkeypatch):
+    members = {name: {11: (tables, MEMBER_METRICS[name])} for name, tables in MEMBERS.items()}
+    ensemble = {"sst": ["sst_single", "multitask"], "qqp": ["multitask"], "sts": ["multitask"]}
+    assert run_stage(tmp_path, members, ensemble, seeds=[11]).returncode == 0
+    before = outputs_of(tmp_path)
+    # new predictions, then a failure after metrics, predictions, submission and plots are
+    # written, at the cards
+    flipped = sts_member(["t1", "t2", "t3", "t4"], [4.0, 3.0, 2.0, 1.0])
+    flipped.to_parquet(tmp_path / "mods" / "multitask" / "seed_11" / "predictions" /
+                       "sts_dev.parquet", index=False)
+    stage = load_stage("ensemble")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("kill")
+
+    monkeypatch.setattr(stage, "model_card", killed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        stage.main(ARGV)
+    assert outputs_of(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # the next run commits the new set whole
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / "ensemble.py"), *ARGV],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["sts_pearson"] == (
+        pytest.approx(-0.8))
+    assert pd.read_parquet(tmp_path / "predictions" / "sts_dev.parquet")["pred"].tolist() == [
+        4.0, 3.0, 2.0, 1.0]
+
+
+def test_outputs_that_nest_are_an_error(tmp_path):
+    stage = load_stage("ensemble")
+    args = stage.build_parser().parse_args([*ARGV[:-2], "--cards", "plots/cards"])
+    with pytest.raises(UserError, match="--cards plots/cards is inside --plots plots"):
+        stage.output_names(args)
+    args = stage.build_parser().parse_args(
+        [*ARGV[:-2], "--cards", "out/cards", "--plots", "elsewhere/plots"])
+    directory, names = stage.output_names(args)
+    assert directory == Path.cwd()
+    assert names["cards"] == "out/cards" and names["plots"] == "elsewhere/plots"

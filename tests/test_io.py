@@ -1,22 +1,32 @@
-"""Atomic outputs: replace by rename, leftovers of killed writers cleaned, sets of outputs
-committed as one (a kill mid-commit is rolled forward at the next start)."""
+"""Atomic outputs: replace by rename, leftovers of killed writers cleaned (a live writer's
+kept, even in another process), a file never in place of a directory nor the reverse, special
+files written in place, sets of outputs committed as one (a kill mid-commit is rolled forward at
+the next start)."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
+import stat
+import threading
 
 import pytest
 
 from pipeline import io
 from pipeline.io import (
     JOURNAL,
+    OutputError,
     atomic_outputs,
     atomic_path,
     clean_leftovers,
     recover_outputs,
     write_json,
+    write_text,
 )
+
+SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter, as a second stage would be
 
 
 def listing(directory):
@@ -129,3 +139,164 @@ def test_a_set_killed_mid_commit_is_rolled_forward_at_the_next_start(tmp_path, m
     recover_outputs(tmp_path)
     assert versions(tmp_path) == ("2", "2", "2")
     assert listing(tmp_path) == ["metrics.json", "model", "predictions"]
+
+
+def test_a_set_may_name_outputs_in_subdirectories(tmp_path):
+    for version in ("1", "2"):
+        with atomic_outputs(tmp_path, ["metrics.json", "plots/sst.csv", "predictions"]) as tmp:
+            tmp["metrics.json"].write_text(version)
+            tmp["plots/sst.csv"].write_text(version)
+            tmp["predictions"].mkdir()
+            (tmp["predictions"] / "v").write_text(version)
+    assert [(tmp_path / name).read_text() for name in
+            ("metrics.json", "plots/sst.csv", "predictions/v")] == ["2", "2", "2"]
+    assert listing(tmp_path) == ["metrics.json", "plots", "predictions"]
+    with pytest.raises(ValueError, match="not paths inside"), \
+            atomic_outputs(tmp_path, ["../escape.json"]):
+        pass
+
+
+# -- a file never replaces a directory, nor a directory a file --------------------------------
+
+
+def test_a_file_never_replaces_a_directory(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "kept.txt").write_text("the user's data")
+    with pytest.raises(OutputError) as err:
+        write_text("predictions", out)
+    assert str(err.value) == (
+        f"{out}: is a directory, and this output is a file: refusing to replace a directory by "
+        "a file; move it away or choose another path")
+    assert listing(out) == ["kept.txt"] and listing(tmp_path) == ["results"]
+
+
+def test_a_directory_never_replaces_a_file(tmp_path):
+    out = tmp_path / "prepared"
+    out.write_text("a file of the user's")
+    with pytest.raises(OutputError, match="is a file, and this output is a directory"), \
+            atomic_path(out) as tmp:
+        tmp.mkdir()
+    assert out.read_text() == "a file of the user's" and listing(tmp_path) == ["prepared"]
+
+
+def test_the_kind_changes_when_the_caller_says_so(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("old")
+    with atomic_path(out, kind_change=True) as tmp:
+        tmp.write_text("now a file")
+    assert out.read_text() == "now a file"
+    with atomic_path(out, kind_change=True) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert listing(out) == ["new"] and listing(tmp_path) == ["out"]
+
+
+def test_a_set_with_a_kind_change_commits_nothing(tmp_path):
+    write_set(tmp_path, "1")
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "metrics.json").mkdir()  # where the set writes a file
+    with pytest.raises(OutputError, match="metrics.json: is a directory"):
+        write_set(tmp_path, "2")
+    assert (tmp_path / "model" / "version").read_text() == "1"
+    assert (tmp_path / "predictions" / "version").read_text() == "1"
+    assert listing(tmp_path) == ["metrics.json", "model", "predictions"]
+
+
+# -- special files are written in place ------------------------------------------------------
+
+
+def test_a_fifo_is_written_in_place(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_text("id,pred\na,1\n", fifo)
+    reader.join(timeout=30)
+    assert got == ["id,pred\na,1\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and listing(tmp_path) == ["pipe"]
+
+
+def test_a_descriptor_is_written_in_place():
+    # /proc/self/fd/N, as `--output /dev/stdout` leads to (a pipe's here: a regression fails to
+    # create its temporary in /proc and replaces nothing)
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as pipe:
+        write_json({"a": 1}, f"/proc/self/fd/{write_end}")
+        os.close(write_end)
+        assert json.loads(pipe.read()) == {"a": 1}
+
+
+# -- several writers of one directory: only a gone writer's leftovers are cleaned -------------
+
+
+def write_slowly(path, started, proceed):
+    """Write the directory ``path`` in two halves, waiting for ``proceed`` between them."""
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        (tmp / "first").write_text("slow")
+        started.set()
+        proceed.wait(60)
+        (tmp / "second").write_text("slow")
+
+
+def test_a_live_writers_temporary_survives_another_writers_cleaning(tmp_path):
+    out = tmp_path / "predictions"
+    started, proceed = SPAWN.Event(), SPAWN.Event()
+    slow = SPAWN.Process(target=write_slowly, args=(out, started, proceed))
+    slow.start()
+    try:
+        assert started.wait(60)
+        with atomic_path(out) as tmp:  # cleans the leftovers of out first
+            tmp.mkdir()
+            (tmp / "quick").write_text("quick")
+        assert listing(out) == ["quick"]
+        others = [p.name for p in tmp_path.iterdir() if p.name != "predictions"]
+        assert len(others) == 1 and others[0].startswith(".predictions.tmp-")  # kept
+    finally:
+        proceed.set()
+        slow.join(60)
+    assert slow.exitcode == 0
+    assert listing(out) == ["first", "second"]  # the slow one committed last
+    assert listing(tmp_path) == ["predictions"]
+
+
+def test_a_killed_writers_temporary_is_cleaned(tmp_path):
+    out = tmp_path / "predictions"
+    started, never = SPAWN.Event(), SPAWN.Event()
+    writer = SPAWN.Process(target=write_slowly, args=(out, started, never))
+    writer.start()
+    assert started.wait(60)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join(60)
+    assert len(listing(tmp_path)) == 1  # its temporary, half written
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+    assert listing(tmp_path) == ["predictions"]
+
+
+TABLES = [f"t{k}.parquet" for k in range(9)]
+
+
+def write_tables(path, writer: str, times: int) -> None:
+    for n in range(times):
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            for name in TABLES:
+                (tmp / name).write_text(f"{writer} {n}")
+
+
+def test_two_processes_writing_one_directory_both_finish_whole(tmp_path):
+    out = tmp_path / "prepared"
+    writers = [SPAWN.Process(target=write_tables, args=(out, name, 40)) for name in "ab"]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    assert listing(out) == TABLES
+    # the last commit, whole: every table from one writer's last write
+    assert len({(out / name).read_text() for name in TABLES}) == 1
+    assert listing(tmp_path) == ["prepared"]

@@ -531,7 +531,8 @@ def test_vllm_backend_scores_equal_hand_run_forward(model, tokenizer, prompt, mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     scorer = VllmScorer("tiny", prompt, tensor_parallel_size=2)
     (llm,) = fake.LLM.instances
-    assert llm.kwargs == {"model": "tiny", "tensor_parallel_size": 2, "enable_prefix_caching": True}
+    assert llm.kwargs == {"model": "tiny", "tensor_parallel_size": 2, "enable_prefix_caching": True,
+                          "trust_remote_code": False}
     reviews = [prompt.review_ids(tokenizer, t)[0] for t in ["Great movie!", "boring", "ok ok"]]
     got = scorer.score(reviews)
     want = np.stack([reference_logp(model, prompt, r) for r in reviews])

@@ -599,11 +599,13 @@ BROKEN = {
         r"heads\.safetensors: not a readable safetensors file"),
     "another member's heads": (heads_of_another_member,
                                r"heads\.safetensors do not match .*missing \['heads\.qqp"),
-    "heads of another shape": (wider_heads, r"heads\.safetensors do not fit .*size mismatch"),
+    "heads of another shape": (wider_heads, r"heads\.safetensors: heads\.sst\.1\.weight is "
+                                            r"\[8, 32\], but .*bestfit\.json declares \[32, 32\]"),
     "pickle only": (lambda d, _: pickle_only(d), r"no backbone weights model\*\.safetensors "
                                                   r"\(only a pickle"),
     "no config.json": (lambda d, _: (d / "config.json").unlink(),
-                       r"no usable backbone config\.json"),
+                       r"model/config\.json: missing; a model directory holds the backbone's "
+                       r"config"),
     "no vocabulary": (lambda d, _: [f.unlink() for f in d.glob("tokenizer*")],
                       r"model: no tokenizer vocabulary \(tokenizer\.json, vocab\.\*"),
 }

@@ -4,11 +4,15 @@ is one line naming the file, line and column."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
+import unicodedata
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -86,7 +90,7 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in text.split("\n") if line]
 
 
 # --- the command, as a user runs it ------------------------------------------------------------
@@ -141,7 +145,7 @@ def test_cli_csv_file_gives_the_models_sts_predictions(saved, tmp_path):
     examples = list(zip(frame["first"], frame["second"], strict=True))
     assert_rows(got.to_dict("records"), expected_rows(model, model_tokenizer(directory), "sts",
                                                       examples))
-    assert "3/3" in done.stderr  # the progress bar of a file
+    assert "3 pairs [" in done.stderr  # the progress bar of a file, counting as it streams
     assert [p.name for p in out.parent.iterdir()] == ["sts.csv"]  # no temporary leftovers
 
 
@@ -201,13 +205,13 @@ def test_every_file_kind_gives_the_same_predictions(saved, tmp_path, capsys, suf
 
 BAD_FILES = {  # file name, content, task and options, error
     "no column": ("in.csv", "text\nfine\n", ["--task", "sst"],
-                  r"in\.csv: no column 'sentence'; the columns are text; .*--columns"),
+                  r"in\.csv: no column 'sentence'; the columns are 'text'; .*--columns"),
     "field count": ("in.csv", "id,sentence\n1,good\n2,bad,extra\n", ["--task", "sst"],
-                    r"in\.csv: line 3: 3 fields, expected 2 \(id, sentence\)"),
+                    r"in\.csv: line 3: 3 fields, expected 2 \('id', 'sentence'\)"),
     "open quote": ("in.csv", 'id,sentence\n1,"good\n', ["--task", "sst"],
                    r"in\.csv: line 2: unexpected end of data"),
     "not utf-8": ("in.txt", b"good\n\xff\xfebad\n", ["--task", "sst"],
-                  r"in\.txt: byte 5: not UTF-8 text"),
+                  r"in\.txt: line 2, byte 5: not UTF-8 text"),
     "bad json": ("in.jsonl", '{"sentence": "ok"}\n{"sentence": \n', ["--task", "sst"],
                  r"in\.jsonl: line 2: not valid JSON"),
     "json list": ("in.jsonl", '["ok"]\n', ["--task", "sst"],
@@ -290,7 +294,7 @@ def test_table_output_for_people(saved, capsys):
                               "p_somewhat_negative", "p_neutral", "p_somewhat_positive",
                               "p_positive"]
     want = expected_rows(model, model_tokenizer(directory), "sst", ["a great film"])[0]
-    assert first.startswith("1  a great film")
+    assert first.startswith("1 ") and first.index("a great film") == header.index("sentence")
     assert f"{want['p_negative']:.3f}" in first and want["label"] in first
     assert long[:47] + "…" in second and long not in second
 
@@ -324,3 +328,235 @@ def test_bestfit_predict_console_script_runs_main(saved, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("bestfit-predict: error: ")
     assert predict_module.cli is entry
+
+
+# --- streaming: chunks, laziness, long fields --------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".txt", ".csv", "stdin"])
+def test_chunks_give_the_predictions_and_ids_of_one_pass(saved, tmp_path, capsys, monkeypatch,
+                                                         suffix):
+    directory, _ = saved
+    ids = ["a", "", "c", "d", ""]  # two without an id: their positions, counted across chunks
+    if suffix == ".jsonl":
+        path = tmp_path / "in.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "sentence": s}) + "\n"
+                                for i, s in zip(ids, SENTENCES, strict=True)))
+    elif suffix == ".parquet":
+        path = tmp_path / "in.parquet"
+        pd.DataFrame({"id": ids, "sentence": SENTENCES}).to_parquet(path)
+    elif suffix == ".csv":
+        path = tmp_path / "in.csv"
+        pd.DataFrame({"id": ids, "sentence": SENTENCES}).to_csv(path, index=False)
+    else:
+        path = tmp_path / "in.txt"
+        path.write_text("\n\n".join(SENTENCES) + "\n")  # blank lines between: skipped
+    source = ["--input", str(path)] if suffix != "stdin" else []
+    if suffix == "stdin":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(path.read_bytes())))
+    args = [str(directory), "--task", "sst", *source, "--format", "jsonl", "--quiet"]
+    whole, _ = run_main(args, capsys)
+    monkeypatch.setattr(predict_module, "CHUNK_SIZE", 2)
+    if suffix == "stdin":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(path.read_bytes())))
+    chunked, _ = run_main(args, capsys)
+    # the same rows; a batch's padding may move the last float digits
+    assert [r["sentence"] for r in jsonl(chunked)] == SENTENCES
+    assert_rows(jsonl(chunked), jsonl(whole))
+    want = (["a", "2", "c", "d", "5"] if suffix not in (".txt", "stdin")
+            else ["1", "2", "3", "4", "5"])
+    assert [r["id"] for r in jsonl(chunked)] == want
+
+
+def test_reading_is_lazy_and_a_late_error_names_its_line(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"one\ntwo\nthree\nfour\nfi\xffve\n")
+    chunks = predict_module.read_examples(str(path), ["sentence"], chunk_size=2)
+    assert list(next(chunks)["sentence"]) == ["one", "two"]  # read before the bad byte is met
+    assert list(next(chunks)["id"]) == ["3", "4"]
+    with pytest.raises(InputError, match=r"in\.txt: line 5, byte 21: not UTF-8 text"):
+        next(chunks)
+
+
+def test_a_field_longer_than_the_csv_limit_is_predicted(saved, tmp_path, capsys):
+    directory, _ = saved
+    long = " ".join(["good"] * 40_000)  # 199,999 characters: above csv's 131,072 default
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"sentence": ["a film", long]}).to_csv(path, index=False)
+    out, _ = run_main([str(directory), "--task", "sst", "--input", str(path), "--format",
+                       "jsonl", "--quiet"], capsys)
+    rows = jsonl(out)
+    assert [len(r["sentence"]) for r in rows] == [6, len(long)]
+    # predicted as its first max_length tokens, as tokenisation truncates any sentence
+    truncated = " ".join(["good"] * 200)
+    cut, _ = run_main([str(directory), "--task", "sst", "--text", truncated, "--format",
+                       "jsonl"], capsys)
+    assert rows[1]["p_positive"] == pytest.approx(jsonl(cut)[0]["p_positive"], rel=1e-5)
+
+
+MORE_BAD_FILES = {  # file name, content, task, error
+    "NUL": ("in.txt", "fine\nbad\0text\n", "sst", r"in\.txt: line 2, column 'sentence': holds "
+                                                   r"a NUL character"),
+    "UTF-16": ("in.txt", "a film\n".encode("utf-16-le"), "sst",
+               r"in\.txt: line 1, column 'sentence': holds a NUL character"),
+    "header twice": ("in.csv", "id,sentence,sentence\n1,a,b\n", "sst",
+                     r"in\.csv: line 1: the header names column 'sentence' more than once"),
+    "whitespace only": ("in.csv", "sentence\n\" \t \"\n", "sst",
+                        r"in\.csv: line 2, column 'sentence': empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_FILES))
+def test_more_bad_input_files_name_their_place(saved, tmp_path, case):
+    directory, _ = saved
+    name, content, task, message = MORE_BAD_FILES[case]
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(InputError, match=message):
+        main([str(directory), "--task", task, "--input", str(path)])
+
+
+def test_a_parquet_column_of_numbers_is_named(saved, tmp_path):
+    directory, _ = saved
+    pd.DataFrame({"sentence": [1, 2]}).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(InputError, match=r"in\.parquet: column 'sentence' holds int64; expected "
+                                         r"strings"):
+        main([str(directory), "--task", "sst", "--input", str(tmp_path / "in.parquet")])
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_an_input_that_is_no_regular_file_is_named(saved, tmp_path, kind):
+    directory, _ = saved
+    path = tmp_path / "in.txt"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    message = "a directory" if kind == "directory" else r"not a regular file; .*--input -"
+    with pytest.raises(InputError, match=rf"in\.txt: {message}"):
+        main([str(directory), "--task", "sst", "--input", str(path)])
+
+
+# --- outputs that never destroy data -----------------------------------------------------------
+
+
+def test_an_existing_directory_as_output_is_refused_and_left_as_it_is(saved, tmp_path):
+    directory, _ = saved
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "kept.txt").write_text("earlier results\n")
+    with pytest.raises(UserError, match=r"--output .*results: an existing directory \(left as it "
+                                        r"is\)"):
+        main([str(directory), "--task", "sst", "--text", "a film", "--output",
+              str(tmp_path / "results")])
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["kept.txt"]
+    assert (tmp_path / "results" / "kept.txt").read_text() == "earlier results\n"
+
+
+def test_a_regular_output_is_replaced_whole_and_a_link_to_it_stays_a_link(saved, tmp_path,
+                                                                           capsys):
+    directory, _ = saved
+    target = tmp_path / "runs" / "3.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n" * 1000)
+    (tmp_path / "latest.jsonl").symlink_to(target)
+    args = [str(directory), "--task", "sst", "--text", "a film", "--quiet"]
+    run_main([*args, "--output", str(tmp_path / "latest.jsonl")], capsys)
+    assert (tmp_path / "latest.jsonl").is_symlink()
+    assert [r["sentence"] for r in jsonl(target.read_text())] == ["a film"]  # .jsonl: jsonl
+    assert sorted(p.name for p in target.parent.iterdir()) == ["3.jsonl"]  # no temporaries
+
+
+def test_a_failed_run_leaves_the_old_output(saved, tmp_path):
+    directory, _ = saved
+    out = tmp_path / "out.csv"
+    out.write_text("earlier\n")
+    bad = tmp_path / "in.txt"
+    bad.write_text("fine\n" * 5 + "\0\n")
+    with pytest.raises(InputError):
+        main([str(directory), "--task", "sst", "--input", str(bad), "--output", str(out)])
+    assert out.read_text() == "earlier\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_special_outputs_are_written_directly(saved, tmp_path):
+    directory, _ = saved
+    args = [str(directory), "--task", "sst", "--text", "a film", "--format", "csv", "--quiet"]
+    for name in ("/dev/stdout", "/proc/self/fd/1"):
+        done = run_cli(*args, "--output", name)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout.splitlines()[1].startswith("1,a film,")
+    # stdout appended to a file: what it held stays, the predictions follow
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *args,
+                               "--output", "/dev/stdout"], stdout=out, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines()[:2] == ["earlier line", "id,sentence,label,class,"
+                                                "p_negative,p_somewhat_negative,p_neutral,"
+                                                "p_somewhat_positive,p_positive"]
+
+
+def test_a_fifo_output_is_written_into_not_replaced(saved, tmp_path, capsys):
+    directory, _ = saved
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    run_main([str(directory), "--task", "sst", "--text", "a film", "--format", "jsonl",
+              "--output", str(fifo), "--quiet"], capsys)
+    reader.join(timeout=60)
+    assert [r["sentence"] for r in jsonl(got[0])] == ["a film"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--output", "x.csv", "--format", "jsonl"], r"--output x\.csv: a \.csv name, but --format "
+                                                 r"jsonl"),
+    (["--output", "a-file/x.jsonl"], r"--output a-file/x\.jsonl: cannot write"),
+])
+def test_bad_outputs_are_user_errors(saved, tmp_path, monkeypatch, args, message):
+    directory, _ = saved
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("a file, not a directory\n")
+    with pytest.raises(UserError, match=message):
+        main([str(directory), "--task", "sst", "--text", "a film", *args])
+
+
+CONTROL = "\x1b[2J\x1b]0;t\x07\x9b1m \u202ex\u2028\r"  # shown escaped: within the width
+
+
+def test_the_table_escapes_control_characters_and_the_data_formats_keep_them(saved, capsys):
+    directory, _ = saved
+    args = [str(directory), "--task", "sst", "--text", CONTROL]
+    table, _ = run_main(args, capsys)
+    shown = table.splitlines()[1]
+    assert shown.startswith("1   \\x1b[2J\\x1b]0;t\\x07\\x9b1m \\u202ex\\u2028\\r  ")
+    assert not any(unicodedata.category(c) in ("Cc", "Cf", "Zl") for c in table.rstrip("\n")
+                   .replace("\n", ""))
+    data, _ = run_main([*args, "--format", "jsonl"], capsys)
+    assert data.splitlines() == [data.rstrip("\n")]  # one line, whatever splits lines
+    assert jsonl(data)[0]["sentence"] == CONTROL
+    text, _ = run_main([*args, "--format", "csv"], capsys)
+    assert pd.read_csv(io.StringIO(text))["sentence"][0] == CONTROL
+
+
+def test_table_columns_keep_the_first_chunks_widths(saved, capsys, monkeypatch, tmp_path):
+    directory, _ = saved
+    monkeypatch.setattr(predict_module, "CHUNK_SIZE", 2)
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    out, _ = run_main([str(directory), "--task", "sst", "--input", str(path), "--quiet"], capsys)
+    header, *rows = out.splitlines()
+    assert len(rows) == 5
+    label_at = header.index("label")
+    for row, sentence in zip(rows, SENTENCES, strict=True):
+        assert row[4:4 + len(sentence)] == sentence  # the sentence column starts at "id  " + 2
+        assert row[label_at - 2:label_at] == "  " and row[label_at] != " "
+
+
+def test_stdin_that_is_not_utf8_names_the_line_and_byte(saved, monkeypatch):
+    directory, _ = saved
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        "a film\nmauvais café\n".encode("latin-1"))))
+    with pytest.raises(InputError, match=r"^<stdin>: line 2, byte 18: not UTF-8 text$"):
+        main([str(directory), "--task", "sst"])

@@ -28,6 +28,7 @@ from pipeline.augment.reviews import (
     review_files,
 )
 from pipeline.config import ReviewsConfig
+from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "good bad film plot actor story great terrible boring fun love hate dull moving".split()
@@ -429,3 +430,14 @@ def test_stage_uses_a_cut_file_and_says_so(tmp_path):
     report = json.loads((tmp_path / "out" / "reviews_report.json").read_text())
     assert report["reviews"] == 200 + complete
     assert list(report["read_errors"]) == ["cut.jsonl.gz"]
+
+
+def test_a_fifo_anywhere_in_a_review_directory_is_one_line_before_anything_is_read(tmp_path):
+    # DVC hashes every file of the source directory: a FIFO there would hang it and us.
+    source = tmp_path / "reviews"
+    (source / "notes").mkdir(parents=True)
+    (source / "a.jsonl").write_text('{"text": "fine", "rating": 5}\n')
+    os.mkfifo(source / "notes" / "pipe")
+    with pytest.raises(UserError, match=r"notes/pipe: a named pipe \(FIFO\), not a regular file, "
+                                        r"in the review source"):
+        review_files(source)

@@ -317,3 +317,81 @@ def test_a_saved_member_of_an_older_version_gets_the_default_declarations(tmp_pa
     (tmp_path / "bestfit.json").write_text(json.dumps(saved))
     assert read_member_config(tmp_path).specs == {t: default_tasks()[t] for t in ("sst", "qqp")}
 
+
+
+# -- columns, submission files and names a declaration cannot work with -------------------------
+
+
+@pytest.mark.parametrize("spec, where, what", [
+    ({"data": {"label": "premise"}}, "tasks.nli.data.label",
+     "'premise' is also a text column"),
+    ({"data": {"text": ["premise"], "label": "premise"}}, "tasks.nli.data.label",
+     "is also a text column"),
+    ({"data": {"id": "gold"}}, "tasks.nli.data.id", "'gold' is also a text or the label"),
+    ({"data": {"id": "hypothesis"}}, "tasks.nli.data.id", "is also a text or the label"),
+    ({"data": {"text": ["premise", "premise"]}}, "tasks.nli.data.text", "one text column"),
+    ({"submission": {"file": "../{split}.csv"}}, "tasks.nli.submission.file",
+     "makes '../dev.csv'; expected a plain file name"),
+    ({"submission": {"file": "/tmp/{task}-{split}.csv"}}, "tasks.nli.submission.file",
+     "makes '/tmp/nli-dev.csv'"),
+    ({"submission": {"file": "out/{split}.csv"}}, "tasks.nli.submission.file", "plain file"),
+    ({"submission": {"file": "..\\{split}.csv"}}, "tasks.nli.submission.file", "plain file"),
+    ({"submission": {"file": "{split}\n.csv"}}, "tasks.nli.submission.file",
+     "control characters"),
+    ({"submission": {"file": "x" * 300 + "{split}"}}, "tasks.nli.submission.file",
+     "at most 255 bytes"),
+    ({"submission": {"file": "{split}.csv\x00"}}, "tasks.nli.submission.file",
+     "holds a NUL character"),
+    ({"submission": {"file": "{name}-{split}.csv"}}, "tasks.nli.submission.file",
+     "holds ['{name}']; expected only {task} and {split}"),
+    ({"submission": {"file": "{split.upper}.csv"}}, "tasks.nli.submission.file",
+     "holds ['{split.upper}']"),
+    ({"submission": {"file": "{split!r}.csv"}}, "tasks.nli.submission.file", "holds"),
+    ({"submission": {"file": "{split:>9}.csv"}}, "tasks.nli.submission.file", "holds"),
+    ({"submission": {"file": "{split.csv"}}, "tasks.nli.submission.file", "expected a file name"),
+    ({"submission": {"file": "{task}.csv"}}, "tasks.nli.submission.file", "must hold {split}"),
+    ({"submission": {"column": "Predicted\tLabel"}}, "tasks.nli.submission.column",
+     "without tabs or line breaks"),
+    ({"submission": {"column": "a\nb"}}, "tasks.nli.submission.column", "line breaks"),
+    ({"submission": {"column": " "}}, "tasks.nli.submission.column", "expected a header"),
+    ({"overall_weight": float("nan")}, "tasks.nli.overall_weight", "finite number, got nan"),
+    ({"overall_weight": 1e7}, "tasks.nli.overall_weight", "≤ 1e+06"),
+    ({"kind": "regression", "classes": [], "range": [0, float("inf")]}, "tasks.nli.range[1]",
+     "finite number, got inf"),
+])
+def test_declarations_that_would_mislead_or_escape_are_errors(spec, where, what):
+    with pytest.raises(ConfigError) as err:
+        parse_params(declared(**spec))
+    message = str(err.value)
+    assert message.startswith(f"params.yaml: {where}") and what in message, message
+    assert "\n" not in message
+
+
+def test_a_submission_file_is_a_plain_name_per_split():
+    spec = parse_params(declared(submission={"file": "{task}.{split}.tsv"})).tasks["nli"]
+    assert [spec.submission_file(s) for s in ("dev", "test")] == ["nli.dev.tsv", "nli.test.tsv"]
+    assert submission_name(spec, "test") == "nli.test.tsv"
+
+
+@pytest.mark.parametrize("file", ["sst-{split}-output.csv", "SST-{split}-OUTPUT.csv"],
+                         ids=["same", "case"])
+def test_two_tasks_writing_one_submission_file_are_an_error(file):
+    # The second file would silently replace the first (on macOS and Windows also when the names
+    # differ by case alone).
+    with pytest.raises(ConfigError) as err:
+        parse_params(declared(submission={"file": file}))
+    assert str(err.value).startswith(
+        "params.yaml: tasks.nli.submission.file: ") and "is also the file of tasks.sst" in str(
+        err.value)
+
+
+@pytest.mark.parametrize("name", ["задача", "nli" * 30, "nli-2", "2nli", "nli.x", ""])
+def test_a_task_name_is_lower_case_ascii(name):
+    with pytest.raises(ConfigError) as err:
+        parse_params(declared(name))
+    message = str(err.value)
+    assert "task name" in message and "a-z, 0-9 and _" in message and len(message) < 400
+
+
+def test_a_task_name_may_hold_digits_and_underscores():
+    assert parse_params(declared("nli_2")).tasks["nli_2"].metric_name == "nli_2_acc"

@@ -75,12 +75,12 @@ def load_causal_lm(name: str, device: str = "auto"):
 
     dev = resolve_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    except OSError as exc:
+    try:  # never the model's own code: it would run, or ask on stdin whether to
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
         raise LabelError(
-            f"augment.llm.model: cannot load {name!r} ({exc}); without hub access give a local "
-            "directory holding the model"
+            f"augment.llm.model: cannot load {name!r} ({' '.join(str(exc).split())}); without "
+            "hub access give a local directory holding the model"
         ) from exc
     return model.to(dev).eval()
 
@@ -89,11 +89,12 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except OSError as exc:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
         raise LabelError(
-            f"augment.llm.model: cannot load the tokenizer of {name!r} ({exc}); without hub "
-            "access give a local directory holding the model"
+            f"augment.llm.model: cannot load the tokenizer of {name!r} "
+            f"({' '.join(str(exc).split())}); without hub access give a local directory "
+            "holding the model"
         ) from exc
 
 
@@ -243,7 +244,7 @@ class VllmScorer:
         self.prompt = prompt
         self.edges, self.walks = _answer_edges(prompt)
         self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True, trust_remote_code=False)
         # Runs (and caches) the shared few-shot prefix. Two different forced tokens cannot both
         # have probability 1 under the raw distribution: if they do, this vLLM reports logprobs
         # after the allowed-token mask and every label would look certain.

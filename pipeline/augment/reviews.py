@@ -50,7 +50,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import ReviewsConfig
-from pipeline.data import augmented_table, capped_index
+from pipeline.data import augmented_table, capped_index, refuse_special_files
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
@@ -119,6 +119,8 @@ def review_files(source: str | Path) -> list[Path]:
     if problem is None:
         files = [path]
     elif path.is_dir():
+        # DVC hashes every file of the directory (a dep): a FIFO anywhere in it hangs DVC too.
+        refuse_special_files(path, "the review source (augment.reviews.source)")
         files = _directory_files(path)
     elif problem == "missing":
         raise ReviewsError(f"{path}: no such review file or directory (augment.reviews.source)")
@@ -713,10 +715,22 @@ def embed_cached(
 
 def sentence_encoder(model_path: str, device: str, batch_size: int, progress: bool = True
                      ) -> Encoder:
-    """A sentence-transformers model as an :data:`Encoder` of unit-norm float32 rows."""
+    """A sentence-transformers model as an :data:`Encoder` of unit-norm float32 rows. Its
+    directory's code is never run (``trust_remote_code=False``: a module it names outside
+    sentence-transformers, or an ``auto_map``, is refused) and its files must be regular ones
+    (``pipeline.model.check_model_files``)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_path, device=str(resolve_device(device)))
+    from pipeline.model import check_model_files
+
+    if Path(model_path).is_dir():
+        check_model_files(Path(model_path))
+    try:
+        model = SentenceTransformer(model_path, device=str(resolve_device(device)),
+                                    trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ReviewsError(f"augment.reviews.encoder: cannot load {model_path!r} "
+                           f"({' '.join(str(exc).split())})") from None
 
     def encode(texts: list[str]) -> np.ndarray:
         return model.encode(
