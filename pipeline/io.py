@@ -131,16 +131,30 @@ def _refuse_kind_change(new: Path, path: Path) -> None:
                       f"{found} by {wrote}; move it away or choose another path")
 
 
-def _written_in_place(path: Path) -> bool:
-    """A FIFO, device, socket or descriptor (``/dev/stdout``, ``/proc/self/fd/1``, even when
-    it leads to a regular file): nothing can be renamed onto it, so it is written directly."""
+def _through_descriptor(path: Path) -> bool:
+    """Whether ``path`` is, or links through, ``/dev`` or ``/proc`` (``/dev/stdout``,
+    ``/proc/self/fd/1``): another name of an open file, which must be written, not replaced."""
+    hop = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if hop.parts[1:2] in (("dev",), ("proc",)):
+            return True
+        if not hop.is_symlink():
+            return False
+        hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
+    return False
+
+
+def written_in_place(path: str | Path) -> bool:
+    """A FIFO, device, socket or descriptor (``/dev/stdout``, ``/proc/self/fd/1``, or a link
+    through one, even when it leads to a regular file): nothing can be renamed onto it, so it is
+    written directly."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     if stat.S_ISDIR(mode):
         return False
-    return not stat.S_ISREG(mode) or os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    return not stat.S_ISREG(mode) or _through_descriptor(Path(path))
 
 
 def replace_path(new: Path, path: Path) -> None:
@@ -188,7 +202,7 @@ def atomic_path(path: str | Path, kind_change: bool = False) -> Iterator[Path]:
     earlier write of ``path`` are cleaned first. A special file is yielded itself.
     """
     path = Path(path)
-    if _written_in_place(path):
+    if written_in_place(path):
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ from pipeline.batching import tokenize_task
 from pipeline.config import MemberConfig
 from pipeline.errors import UserError, run_stage
 from pipeline.evaluate import predict
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, written_in_place
 from pipeline.model import MultitaskModel, read_member_config
 from pipeline.seeds import seed_dir
 from pipeline.tasks import TaskSpec, task_spec
@@ -483,19 +483,6 @@ def output_format(fmt: str | None, output: Path | None) -> str:
     return fmt or implied or "table"
 
 
-def _through_descriptor(path: Path) -> bool:
-    """Whether ``path`` is, or links through, ``/dev`` or ``/proc`` (``/dev/stdout``,
-    ``/proc/self/fd/1``): another name of an open file, which must be written, not replaced."""
-    hop = Path(os.path.abspath(path))
-    for _ in range(40):  # the kernel's own limit on a chain of links
-        if hop.parts[1:2] in (("dev",), ("proc",)):
-            return True
-        if not hop.is_symlink():
-            return False
-        hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
-    return False
-
-
 def output_target(path: Path) -> tuple[Path, bool]:
     """Where ``--output`` is written and whether atomically: a new path or a regular file (a
     link's target, so that the link stays) via a temporary name; a FIFO, a terminal, a device or
@@ -509,9 +496,9 @@ def output_target(path: Path) -> tuple[Path, bool]:
     if stat.S_ISDIR(mode):
         raise UserError(f"--output {path}: an existing directory (left as it is); expected a "
                         f"file name, e.g. {path / 'predictions.jsonl'}")
-    if stat.S_ISREG(mode) and not _through_descriptor(path):
-        return path.resolve(), True
-    return path, False
+    if written_in_place(path):
+        return path, False
+    return path.resolve(), True
 
 
 @contextmanager
