@@ -678,9 +678,9 @@ def _check_seeds(value: Any) -> list[int]:
 
 # A member's name names its DVC stages (train@<name>-<seed>), its directory (models/<name>/) and
 # the params key DVC tracks for it (models.<name>): ASCII letters, digits, _ and -, as DVC's
-# stage names and every file system take them; no dot (DVC would read models.a.b as a nested
-# key), no path separator, no space.
-MEMBER_NAME = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
+# stage names and every file system take them, not a leading - (it would read as an option); no
+# dot (DVC would read models.a.b as a nested key), no path separator, no space.
+MEMBER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
 MEMBER_SHAPE = ("a mapping of its tasks and optional overrides, e.g. "
                 "{tasks: [sst, qqp], train: {lr: 2.0e-5}}")
 
@@ -808,7 +808,7 @@ def _build_ensemble(raw: Mapping[str, Any], tasks: dict[str, TaskSpec],
     trained on the task. Absent, every member trained on a task, for every task. Given, it names
     at least one task (an ensemble of none scores an overall of 0.0); a declared task it leaves
     out is noticed, not refused: a member may train on a task only to help the others."""
-    if "ensemble" not in raw:
+    if raw.get("ensemble") is None:  # absent, or a key whose entries are all commented out
         return {task: trained for task in tasks
                 if (trained := [name for name, m in models.items() if task in m.tasks])}
     value = raw["ensemble"]

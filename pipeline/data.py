@@ -1057,7 +1057,9 @@ def leaked_rows(first: pd.DataFrame, second: pd.DataFrame, spec: TaskSpec
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of ``first`` have their id in ``second``, and which their example (the
     sentence, or the pair in either order, case and spacing aside)."""
-    same_id = first["id"].isin(set(second["id"])).to_numpy(bool)
+    # Positional ids (no id column: a row's number) say nothing about which rows are shared.
+    same_id = (first["id"].isin(set(second["id"])).to_numpy(bool) if spec.data.id is not None
+               else np.zeros(len(first), bool))
     same_example = _example_keys(first, spec).isin(set(_example_keys(second, spec)))
     return same_id, same_example.to_numpy(bool)
 

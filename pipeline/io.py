@@ -30,6 +30,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -131,12 +132,17 @@ def _refuse_kind_change(new: Path, path: Path) -> None:
                       f"{found} by {wrote}; move it away or choose another path")
 
 
+# Other names of an open file descriptor: /dev/stdout, /dev/fd/1, /proc/self/fd/1, /proc/<pid>/fd/N.
+_DESCRIPTOR = re.compile(r"/dev/(std(in|out|err)|fd/\d+)|/proc/[^/]+/fd/\d+")
+
+
 def _through_descriptor(path: Path) -> bool:
-    """Whether ``path`` is, or links through, ``/dev`` or ``/proc`` (``/dev/stdout``,
-    ``/proc/self/fd/1``): another name of an open file, which must be written, not replaced."""
+    """Whether ``path`` is, or links through, a file descriptor's name (``/dev/stdout``,
+    ``/proc/self/fd/1``): an open file, which must be written, not replaced. A regular file
+    elsewhere under /dev (``/dev/shm``) is not one."""
     hop = Path(os.path.abspath(path))
     for _ in range(40):  # the kernel's own limit on a chain of links
-        if hop.parts[1:2] in (("dev",), ("proc",)):
+        if _DESCRIPTOR.fullmatch(str(hop)):
             return True
         if not hop.is_symlink():
             return False

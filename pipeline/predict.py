@@ -517,6 +517,8 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
             # Appending never truncates what a file behind /dev/stdout already holds.
             with target.open("a", encoding="utf-8", newline="") as out:
                 yield out
+    except BrokenPipeError:  # the reader behind /dev/stdout went away: main exits quietly
+        raise
     except OSError as exc:
         raise UserError(f"--output {path}: cannot write ({exc.strerror or exc})") from None
 

@@ -3,13 +3,13 @@
     python stages/configure.py MEMBER --out data/members/MEMBER.json [--params params.yaml]
 
 Writes the member of params `models:` as it trains — the global sections (`model`, `loss`,
-`train`, `smart`, `pcgrad`) with the member's overrides merged in, its tasks' declarations and
-the tasks that pick its best epoch — as JSON. Each `train@<member>-<seed>` stage depends on its
-member's file instead of on params.yaml's sections, so a change of a shared section
-(`-S smart.lambda=8`) re-runs only the members whose effective config it changes: this stage
-re-runs for every member, and DVC skips a train stage whose file came out the same (e.g.
-`sst_single` with its own `smart.lambda: 0`). The train stage resolves the same config from
-params.yaml with the same function.
+`train`, `smart`, `pcgrad`) with the member's overrides merged in, its tasks' declarations,
+the tasks that pick its best epoch and `augment.task` — as JSON. Each `train@<member>-<seed>`
+stage depends on its member's file instead of on params.yaml's sections, so a change of a
+shared section (`-S smart.lambda=8`) re-runs only the members whose effective config it
+changes: this stage re-runs for every member, and DVC skips a train stage whose file came out
+the same (e.g. `sst_single` with its own `smart.lambda: 0`). The train stage resolves the same
+config from params.yaml with the same function.
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolved_config(member: MemberConfig) -> dict:
+def resolved_config(member: MemberConfig, augment_task: str) -> dict:
     """The member's config as JSON-ready data, without the training seed (each train stage
-    gets its seed on its command line)."""
+    gets its seed on its command line), with the task its augmented rows are for."""
     config = dataclasses.asdict(member)
     del config["train"]["seed"]
-    return config
+    return {**config, "augment_task": augment_task}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     member = member_for_seed(params, args.member, params.seeds[0])
-    text = json.dumps(resolved_config(member), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(resolved_config(member, params.augment.task), indent=2, sort_keys=True) + "\n"
     write_text(text, args.out)
 
 

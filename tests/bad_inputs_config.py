@@ -166,7 +166,6 @@ params_case("params-eda-operations-empty", "augment.eda.operations", [],
 # -- ensembles
 
 params_case("params-ensemble-empty", "ensemble", {}, "ensemble", "{}", ("a mapping of tasks",))
-params_case("params-ensemble-null", "ensemble", None, "ensemble", "None", quick=False)
 params_case("params-ensemble-task-no-member", "ensemble.sst", [], "ensemble.sst", "[]",
             "at least one member", quick=False)
 params_case("params-ensemble-task-null", "ensemble.qqp", None, "ensemble.qqp", "None",

@@ -878,7 +878,7 @@ def test_a_source_named_twice_in_augment(raw):
 # --- ensemble ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [{}, None, []], ids=["empty", "null", "list"])
+@pytest.mark.parametrize("value", [{}, []], ids=["empty", "list"])
 def test_an_ensemble_of_nothing_is_an_error(raw, value):
     # It would score an overall of 0.0 and write no submission, silently.
     raw["ensemble"] = value
@@ -900,8 +900,13 @@ def test_an_ensemble_task_names_a_member_once(raw):
                                     "twice")
 
 
-def test_an_absent_ensemble_takes_every_member_trained_on_each_task(raw):
-    del raw["ensemble"]
+@pytest.mark.parametrize("absent", ["no key", "null"])
+def test_an_absent_ensemble_takes_every_member_trained_on_each_task(raw, absent):
+    # null: an `ensemble:` key whose entries are all commented out.
+    if absent == "no key":
+        del raw["ensemble"]
+    else:
+        raw["ensemble"] = None
     raw["models"]["sst_only"] = {"tasks": ["sst"]}
     assert parse_params(raw).ensemble == {"sst": ["plain", "big_batch", "sst_only"],
                                           "qqp": ["plain", "big_batch"],

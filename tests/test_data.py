@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -20,12 +21,13 @@ from pipeline.data import (
     DataError,
     cap_rows,
     fetch_source,
+    leaked_rows,
     load_prepared,
     prepare,
     read_task_split,
     write_prepared,
 )
-from pipeline.tasks import default_tasks
+from pipeline.tasks import default_tasks, task_spec
 
 # Row counts from ../shared/data/README.md; quora-dev has 20,214 rows, 2 with a blank label.
 REAL_ROWS = {
@@ -578,3 +580,17 @@ def test_the_stage_names_leaked_rows_in_one_notice_each(leaky_source, tmp_path):
         "prepare: notice: sts: 1 train row(s) also in dev (same id: 0, same sentence pair "
         "(either order): 1), e.g. ids 'ttrain1'; kept in train (data.leakage: keep; `drop` "
         "removes them)"]
+
+
+def test_positional_ids_are_no_evidence_of_leakage():
+    # A task without an id column numbers its rows: train and dev then share ids 0, 1, … by
+    # construction, and only a shared example counts.
+    spec = dataclasses.replace(
+        task_spec("sst"), data=dataclasses.replace(task_spec("sst").data, id=None))
+    train = pd.DataFrame({"id": ["0", "1", "2"], "sentence": ["a b", "c d", "e f"]})
+    dev = pd.DataFrame({"id": ["0", "1"], "sentence": ["x y", "C  D"]})
+    same_id, same_example = leaked_rows(train, dev, spec)
+    assert same_id.tolist() == [False, False, False]
+    assert same_example.tolist() == [False, True, False]
+    same_id, _ = leaked_rows(train, dev, task_spec("sst"))  # with an id column, ids count
+    assert same_id.tolist() == [True, True, False]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -227,6 +228,22 @@ def test_a_descriptor_is_written_in_place():
         write_json({"a": 1}, f"/proc/self/fd/{write_end}")
         os.close(write_end)
         assert json.loads(pipe.read()) == {"a": 1}
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_a_regular_file_under_dev_is_replaced_not_appended_to():
+    # /dev/shm is a file system of regular files: only a descriptor's name is written in place.
+    import tempfile
+
+    directory = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        path = os.path.join(directory, "p.csv")
+        write_text("old\n", path)
+        assert not io.written_in_place(path)  # predict's --output would append to it
+        write_text("new\n", path)
+        assert open(path).read() == "new\n" and os.listdir(directory) == ["p.csv"]
+    finally:
+        shutil.rmtree(directory)
 
 
 # -- several writers of one directory: only a gone writer's leftovers are cleaned -------------
