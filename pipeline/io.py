@@ -6,10 +6,9 @@ one, so the old directory is first renamed aside (``.<name>.old-*``), the new on
 the old one deleted: a kill between the two renames leaves the old output aside, and the next
 write of that path (or :func:`clean_leftovers`) puts it back before anything else.
 
-A directory never replaces a file nor a file a directory unless the caller says the kind changes
-on purpose (``kind_change``): ``--output results`` naming an existing directory is refused, not
-turned into a file. A path that no temporary name can be renamed onto (a FIFO, a device,
-``/dev/stdout``, ``/proc/self/fd/1``) is written directly.
+A directory never replaces a file nor a file a directory: ``--output results`` naming an
+existing directory is refused, not turned into a file. A path that no temporary name can be
+renamed onto (a FIFO, a device, ``/dev/stdout``, ``/proc/self/fd/1``) is written directly.
 
 Several processes may write the same directory at once. Each temporary (and each old copy set
 aside) is locked by its writer (``flock`` on the directory itself, so nothing else is written):
@@ -200,11 +199,11 @@ def clean_leftovers(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, kind_change: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
     Works for files and directories (a directory written at the temporary path replaces the old
-    one whole); one kind never replaces the other unless ``kind_change``. Leftovers of a killed
+    one whole); one kind never replaces the other. Leftovers of a killed
     earlier write of ``path`` are cleaned first. A special file is yielded itself.
     """
     path = Path(path)
@@ -217,8 +216,7 @@ def atomic_path(path: str | Path, kind_change: bool = False) -> Iterator[Path]:
     try:
         tmp = aside / path.name
         yield tmp
-        if not kind_change:
-            _refuse_kind_change(tmp, path)
+        _refuse_kind_change(tmp, path)
         replace_path(tmp, path)
     finally:
         shutil.rmtree(aside, ignore_errors=True)

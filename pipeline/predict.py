@@ -214,7 +214,10 @@ def _parquet_examples(path: Path, columns: Sequence[str], size: int) -> Iterator
         _require_columns(names, columns, str(path))
         for column in columns:
             kind = file.schema_arrow.field(column).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            if pa.types.is_dictionary(kind):  # a pandas category column: its values' type
+                kind = kind.value_type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                    or pa.types.is_string_view(kind)):
                 raise InputError(f"{path}: column {column!r} holds {kind}; expected strings "
                                  f"(sentences)")
         read = list(dict.fromkeys([*columns, *(["id"] if "id" in names else [])]))

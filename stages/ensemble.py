@@ -63,8 +63,20 @@ def output_names(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
             if other != key and (inner == path or inner.startswith(path + os.sep)):
                 raise UserError(f"--{other} {getattr(args, other)} is inside --{key} "
                                 f"{getattr(args, key)}: every output needs a path of its own")
+    devices = {key: _device(os.path.dirname(path)) for key, path in paths.items()}
+    if len(set(devices.values())) > 1:  # a rename cannot cross file systems
+        raise UserError("the outputs are on different file systems ("
+                        + ", ".join(f"--{key} {getattr(args, key)}" for key in paths)
+                        + "): they are committed as one set by renames, so put them on one")
     base = os.path.commonpath([os.path.dirname(path) for path in paths.values()])
     return Path(base), {key: os.path.relpath(path, base) for key, path in paths.items()}
+
+
+def _device(path: str) -> int:
+    """The file system of ``path``'s nearest existing ancestor (an output dir may be new)."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.stat(path).st_dev
 
 
 def main(argv: list[str] | None = None) -> None:

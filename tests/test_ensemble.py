@@ -470,3 +470,13 @@ def test_outputs_that_nest_are_an_error(tmp_path):
     directory, names = stage.output_names(args)
     assert directory == Path.cwd()
     assert names["cards"] == "out/cards" and names["plots"] == "elsewhere/plots"
+
+
+def test_outputs_on_two_file_systems_are_an_error(tmp_path, monkeypatch):
+    # The set is committed by renames, which cannot cross file systems: one line, up front.
+    stage = load_stage("ensemble")
+    args = stage.build_parser().parse_args([*ARGV[:-2], "--cards", str(tmp_path / "cards")])
+    real = stage._device
+    monkeypatch.setattr(stage, "_device", lambda path: -1 if path == str(tmp_path) else real(path))
+    with pytest.raises(UserError, match="the outputs are on different file systems.*--cards"):
+        stage.output_names(args)

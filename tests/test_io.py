@@ -181,19 +181,6 @@ def test_a_directory_never_replaces_a_file(tmp_path):
     assert out.read_text() == "a file of the user's" and listing(tmp_path) == ["prepared"]
 
 
-def test_the_kind_changes_when_the_caller_says_so(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old").write_text("old")
-    with atomic_path(out, kind_change=True) as tmp:
-        tmp.write_text("now a file")
-    assert out.read_text() == "now a file"
-    with atomic_path(out, kind_change=True) as tmp:
-        tmp.mkdir()
-        (tmp / "new").write_text("new")
-    assert listing(out) == ["new"] and listing(tmp_path) == ["out"]
-
-
 def test_a_set_with_a_kind_change_commits_nothing(tmp_path):
     write_set(tmp_path, "1")
     (tmp_path / "metrics.json").unlink()

@@ -424,6 +424,15 @@ def test_a_parquet_column_of_numbers_is_named(saved, tmp_path):
         main([str(directory), "--task", "sst", "--input", str(tmp_path / "in.parquet")])
 
 
+def test_a_parquet_category_column_of_sentences_is_read(tmp_path):
+    # pandas writes a category column as dictionary<string>: still a column of sentences
+    path = tmp_path / "in.parquet"
+    pd.DataFrame({"sentence": pd.Categorical(["a good film", "bad", "a good film"])}
+                 ).to_parquet(path)
+    (chunk,) = predict_module.read_examples(str(path), ["sentence"], chunk_size=8)
+    assert list(chunk["sentence"]) == ["a good film", "bad", "a good film"]
+
+
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 def test_an_input_that_is_no_regular_file_is_named(saved, tmp_path, kind):
     directory, _ = saved
