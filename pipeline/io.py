@@ -87,8 +87,17 @@ def _new_aside(path: Path, mark: str) -> tuple[Path, str]:
     until :func:`_release` is given the key returned with it."""
     with _locked(path.parent):
         aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{mark}", dir=path.parent))
-        fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: no one else can hold it
+        try:
+            fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: no one else can hold it
+        except OSError:
+            os.close(fd)
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
     key = os.path.realpath(aside)
     with _held_guard:
         _held[key] = fd
@@ -191,11 +200,13 @@ def clean_leftovers(path: str | Path) -> None:
                 fd = _claim(aside)
                 if fd is None:
                     continue
-                old = aside / path.name
-                if mark == OLD_MARK and os.path.lexists(old) and not os.path.lexists(path):
-                    os.replace(old, path)
-                shutil.rmtree(aside, ignore_errors=True)
-                _unlock(fd)
+                try:
+                    old = aside / path.name
+                    if mark == OLD_MARK and os.path.lexists(old) and not os.path.lexists(path):
+                        os.replace(old, path)
+                    shutil.rmtree(aside, ignore_errors=True)
+                finally:  # a failed restore leaves the copy, unlocked, for the next clean
+                    _unlock(fd)
 
 
 @contextmanager
