@@ -47,7 +47,9 @@ def amazon_dir() -> Path:
 
 
 def make_tiny_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
-    """Write a randomly initialised BERT and a word-level vocab tokenizer to ``directory``."""
+    """Write a randomly initialised BERT and a word-level vocab tokenizer to ``directory``. The
+    weights are drawn from a fixed seed, so a test on a random model sees the same model in every
+    session, whatever ran before it (the global RNG is left as it was)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,12 @@ def make_tiny_bert(directory: Path, hidden: int = 32, layers: int = 2) -> Path:
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
     )
-    BertModel(config).save_pretrained(directory)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(20240917)
+        model = BertModel(config)
+    model.save_pretrained(directory)
     return directory
 
 

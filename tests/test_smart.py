@@ -408,8 +408,10 @@ LABELS = {"sst": torch.tensor([0, 2, 4]), "qqp": torch.tensor([0.0, 1.0, 1.0]),
 def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task, point):
     """At the paper's defaults (ε = 1e-6, η = 1e-3, σ² = 1e-5) ``project`` keeps δ in the
     ε-ball, so R_s = O(ε²) ~1e-12 of the task loss, below fp32 rounding (~1e-7); ``normalize``
-    moves every token by ∞-norm ≈ 1, so R_s is a visible share of it (0.4–2% on this tiny BERT,
-    0.1–1% on MiniLM). 1e-4 sits well clear of both. The target is dropout-free here, so R_s
+    moves every token by ∞-norm ≈ 1, so R_s is a visible share of it (0.2–1.5% on this tiny
+    BERT for the classifiers, 0.1–1% on MiniLM; ~2e-4 for STS at the embeddings, whose squared
+    error on an untrained head, labels 0.5–4.5 against outputs near 0, is large). 1e-5 sits
+    well clear of both: 1,000× project's bound. The target is dropout-free here, so R_s
     measures the perturbation alone."""
     model = tiny_model(tiny_bert)
     model.eval()
@@ -424,7 +426,7 @@ def test_default_params_normalize_regularizes_project_does_not(tiny_bert, task, 
             torch.Generator().manual_seed(0), output=output).item()
         for perturbation in ("normalize", "project")
     }
-    assert values["normalize"] > 1e-4 * loss
+    assert values["normalize"] > 1e-5 * loss
     assert 0 <= values["project"] < 1e-8 * loss
 
 
