@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def save_state(state: dict[str, Any], directory: Path) -> None:
 
 
 def _reason(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc) or type(exc).__name__
 
 
 def load_state(directory: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.tasks import (
     CS224N_TASKS,
     SUBMISSION_SPLITS,
@@ -1000,7 +1000,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: byte {exc.start}: not UTF-8 text") from exc
     except yaml.YAMLError as exc:
         # One line: PyYAML's message spans several, with the position on its own line.
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from exc
     except RecursionError as exc:
         raise ConfigError(f"{path}: values nested too deeply to read; expected at most "
                           f"{MAX_DEPTH} levels") from exc

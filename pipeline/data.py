@@ -62,7 +62,7 @@ import pandas as pd
 
 from pipeline import delimited
 from pipeline.config import MemberConfig
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.tasks import TaskSpec, default_tasks, task_spec
 
@@ -693,7 +693,7 @@ def _parquet_records(path: Path, spec: TaskSpec) -> tuple[list[str], Records]:
         frame = pd.read_parquet(path)
     except (ValueError, OSError) as exc:  # pyarrow's errors for a truncated or foreign file
         raise DataError(f"{path}: task {spec.name}: not a readable parquet file "
-                        f"(tasks.{spec.name}.data.format): {' '.join(str(exc).split())}") from None
+                        f"(tasks.{spec.name}.data.format): {one_line(exc)}") from None
     names = [str(c) for c in frame.columns]
     _refuse_repeated_columns(f"{path}: schema", names)
     return names, enumerate(frame.to_dict("records"))

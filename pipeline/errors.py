@@ -20,6 +20,11 @@ class UserError(ValueError):
 EXIT_USER_ERROR = 2
 
 
+def one_line(exc: BaseException) -> str:
+    """A library's (often multi-line) message folded onto one line, for a one-line error."""
+    return " ".join(str(exc).split())
+
+
 def run_stage(name: str, main: Callable[[list[str] | None], object],
               argv: list[str] | None = None) -> None:
     """Run a stage's ``main``; a :class:`UserError` becomes ``<name>: error: <message>``.

@@ -60,7 +60,7 @@ from pipeline.config import (
     build,
     check_max_length,
 )
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.io import atomic_path
 from pipeline.tasks import TaskSpec, task_spec
 
@@ -144,7 +144,7 @@ def backbone_error(what: str, name: str, path: str, exc: Exception) -> BackboneE
     hint = "" if Path(path).exists() else (
         " (no hub access? point model.backbone at a local directory, or use `minilm`)"
     )
-    return BackboneError(f"cannot load {what} {name!r} from {path!r}{hint}: {_one_line(exc)}")
+    return BackboneError(f"cannot load {what} {name!r} from {path!r}{hint}: {one_line(exc)}")
 
 
 def load_backbone(name: str) -> nn.Module:
@@ -420,11 +420,6 @@ def save_member(model: MultitaskModel, member: MemberConfig, tokenizer, director
         (tmp / MEMBER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(member), indent=2))
 
 
-def _one_line(exc: BaseException) -> str:
-    """A library's (often multi-line) message folded onto one line."""
-    return " ".join(str(exc).split())
-
-
 def _file_kind(mode: int) -> str:
     for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
@@ -482,7 +477,7 @@ def read_model_config(directory: Path) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as exc:
-        raise SavedModelError(f"{path}: not a usable config ({_one_line(exc)})") from None
+        raise SavedModelError(f"{path}: not a usable config ({one_line(exc)})") from None
 
 
 def load_dir_tokenizer(directory: Path):
@@ -500,7 +495,7 @@ def load_dir_tokenizer(directory: Path):
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
         raise SavedModelError(f"{directory}: no usable tokenizer files "
-                              f"({_one_line(exc)})") from None
+                              f"({one_line(exc)})") from None
     unknown = tokenizer.unk_token_id
     if unknown is not None:  # a byte-level tokenizer has no unknown token to fall back on
         special = set(tokenizer.all_special_ids)
@@ -586,7 +581,7 @@ def build_on_meta(build: Callable[[], nn.Module], stored: dict[str, StoredShape]
             raise
         except (ArithmeticError, ValueError, TypeError, RuntimeError) as exc:  # e.g. 0 heads
             raise SavedModelError(f"{declared_by}: declares a model that "
-                                  f"cannot be built ({_one_line(exc)})") from None
+                                  f"cannot be built ({one_line(exc)})") from None
 
 
 def check_shapes(model: nn.Module, stored: dict[str, StoredShape],
@@ -663,7 +658,7 @@ def load_member_weights(model: MultitaskModel, directory: Path) -> MultitaskMode
             missing, unexpected = module.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # a tensor of the wrong shape
             raise SavedModelError(f"{directory}: {what} do not fit the model of "
-                                  f"{MEMBER_CONFIG_FILE} ({_one_line(exc)})") from None
+                                  f"{MEMBER_CONFIG_FILE} ({one_line(exc)})") from None
         if module is model:  # the backbone's tensors come from the shards
             missing = [n for n in missing if not n.startswith("backbone.")]
         if missing or unexpected:

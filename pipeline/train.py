@@ -52,7 +52,7 @@ from pipeline.config import MemberConfig, check_max_length
 from pipeline.data import capped_index
 from pipeline.device import autocast, grad_scaler, resolve_device
 from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.evaluate import (
     outputs_to_frame,
     predict,
@@ -393,7 +393,7 @@ class Trainer:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(
-                f"{self.checkpoint_path}: does not fit this run ({' '.join(str(exc).split())}"
+                f"{self.checkpoint_path}: does not fit this run ({one_line(exc)}"
                 f"); delete {self.checkpoint_path.parent} to start afresh") from None
         self.world.barrier()  # every rank has read best/'s stamp before rank 0 rewrites it
         if rebuild:  # the checkpoint's model is its best epoch's; scored at the end of fit

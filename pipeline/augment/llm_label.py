@@ -37,7 +37,7 @@ from pipeline.augment.llm_prompt import LABEL_NAMES, EncodedPrompt, text_hash
 from pipeline.config import LlmConfig
 from pipeline.data import AUGMENTED_SCHEMA
 from pipeline.device import resolve_device
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 
 NUM_LABELS = len(LABEL_NAMES)
 PROB_COLUMNS = [f"p{j}" for j in range(NUM_LABELS)]
@@ -79,7 +79,7 @@ def load_causal_lm(name: str, device: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise LabelError(
-            f"augment.llm.model: cannot load {name!r} ({' '.join(str(exc).split())}); without "
+            f"augment.llm.model: cannot load {name!r} ({one_line(exc)}); without "
             "hub access give a local directory holding the model"
         ) from exc
     return model.to(dev).eval()
@@ -93,7 +93,7 @@ def load_tokenizer(name: str):
     except (OSError, ValueError) as exc:
         raise LabelError(
             f"augment.llm.model: cannot load the tokenizer of {name!r} "
-            f"({' '.join(str(exc).split())}); without hub access give a local directory "
+            f"({one_line(exc)}); without hub access give a local directory "
             "holding the model"
         ) from exc
 

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from pipeline.config import ReviewsConfig
 from pipeline.data import augmented_table, capped_index, refuse_special_files
 from pipeline.device import resolve_device
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.io import atomic_path
 
 N_LABELS = 5
@@ -730,7 +730,7 @@ def sentence_encoder(model_path: str, device: str, batch_size: int, progress: bo
                                     trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ReviewsError(f"augment.reviews.encoder: cannot load {model_path!r} "
-                           f"({' '.join(str(exc).split())})") from None
+                           f"({one_line(exc)})") from None
 
     def encode(texts: list[str]) -> np.ndarray:
         return model.encode(
