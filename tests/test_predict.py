@@ -226,6 +226,14 @@ BAD_FILES = {  # file name, content, task and options, error
                   r"in\.csv: line 3, column 'sentence2': empty; expected a sentence"),
     "empty": ("in.csv", "sentence\n", ["--task", "sst"], r"in\.csv: no examples in it"),
     "suffix": ("in.xlsx", "x", ["--task", "sst"], r"in\.xlsx: unknown kind of file '\.xlsx'"),
+    "NUL": ("in.txt", "fine\nbad\0text\n", ["--task", "sst"],
+            r"in\.txt: line 2, column 'sentence': holds a NUL character"),
+    "UTF-16": ("in.txt", "a film\n".encode("utf-16-le"), ["--task", "sst"],
+               r"in\.txt: line 1, column 'sentence': holds a NUL character"),
+    "header twice": ("in.csv", "id,sentence,sentence\n1,a,b\n", ["--task", "sst"],
+                     r"in\.csv: line 1: the header names column 'sentence' more than once"),
+    "whitespace only": ("in.csv", "sentence\n\" \t \"\n", ["--task", "sst"],
+                        r"in\.csv: line 2, column 'sentence': empty"),
 }
 
 
@@ -392,28 +400,6 @@ def test_a_field_longer_than_the_csv_limit_is_predicted(saved, tmp_path, capsys)
     cut, _ = run_main([str(directory), "--task", "sst", "--text", truncated, "--format",
                        "jsonl"], capsys)
     assert rows[1]["p_positive"] == pytest.approx(jsonl(cut)[0]["p_positive"], rel=1e-5)
-
-
-MORE_BAD_FILES = {  # file name, content, task, error
-    "NUL": ("in.txt", "fine\nbad\0text\n", "sst", r"in\.txt: line 2, column 'sentence': holds "
-                                                   r"a NUL character"),
-    "UTF-16": ("in.txt", "a film\n".encode("utf-16-le"), "sst",
-               r"in\.txt: line 1, column 'sentence': holds a NUL character"),
-    "header twice": ("in.csv", "id,sentence,sentence\n1,a,b\n", "sst",
-                     r"in\.csv: line 1: the header names column 'sentence' more than once"),
-    "whitespace only": ("in.csv", "sentence\n\" \t \"\n", "sst",
-                        r"in\.csv: line 2, column 'sentence': empty"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(MORE_BAD_FILES))
-def test_more_bad_input_files_name_their_place(saved, tmp_path, case):
-    directory, _ = saved
-    name, content, task, message = MORE_BAD_FILES[case]
-    path = tmp_path / name
-    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
-    with pytest.raises(InputError, match=message):
-        main([str(directory), "--task", task, "--input", str(path)])
 
 
 def test_a_parquet_column_of_numbers_is_named(saved, tmp_path):
