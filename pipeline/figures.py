@@ -1,7 +1,8 @@
 """PNG figures of the runs and of the paper's analysis (BEST-FiT, Sections 5–6), readable offline.
 
-DVC's own plots (``dvc plots show``) are HTML that loads Vega from a CDN; these are drawn with
-matplotlib instead. One function per figure; each takes tables (or arrays) and writes one PNG
+DVC's own plots (``dvc plots show``) are interactive HTML pages (drawn offline through the
+template ``scripts/setup_vega.sh`` writes); these are PNG files drawn with matplotlib, for
+papers and reports. One function per figure; each takes tables (or arrays) and writes one PNG
 atomically:
 
 - ``confusion_figure``: a confusion matrix of (actual, predicted) rows (paper Figure 4, left).

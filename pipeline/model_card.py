@@ -5,6 +5,12 @@ YAML front matter (language, license, library, tags, datasets, metrics, base mod
 the dev scores, the training settings (the member config), the data, how to load the model and
 predict, and its limits and biases as BEST-FiT's ethics statement names them.
 
+The card claims only what loads: its ``library_name``, ``pipeline_tag``, widget and snippets
+follow the member's ``exports.json`` (``pipeline/export.py``): sentence-transformers when the
+directory loads with ``SentenceTransformer``, else the plain transformers encoder; a snippet per
+exported task classifier, and each task that is not exported with the reason. Each exported
+classifier directory gets a card of its own (:func:`classifier_card`).
+
 The train stage writes the card of one seed into that seed's model dir; the ensemble stage,
 which alone sees every seed, writes each member's card with the mean ± sd over its seeds to
 ``cards/<member>.md`` (a stage never writes into another stage's outputs).
@@ -23,6 +29,10 @@ from pipeline.model import MINILM_HUB_ID
 from pipeline.tasks import CORRELATIONS, TaskSpec
 
 CARD_FILE = "README.md"
+# The examples of the widgets and snippets.
+WIDGET_SENTENCES = ("a gripping, funny film", "an engrossing and very funny movie",
+                    "the plot is dull and the acting is worse")
+WIDGET_PAIR = ("how do I learn to cook?", "what is the best way to learn cooking?")
 
 
 # A metric's model-index type and its label in the card.
@@ -108,13 +118,29 @@ def _scores(member: MemberConfig, metrics: Mapping[str, Any],
     return out
 
 
+def _loads_with_sentence_transformers(exports: Mapping[str, Any] | None) -> bool:
+    return bool(exports) and "path" in exports["sentence_transformers"]
+
+
+def _classifiers(exports: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """The exported task classifiers, by task."""
+    return {task: entry for task, entry in (exports or {}).get("transformers", {}).items()
+            if "path" in entry}
+
+
 def front_matter(member: MemberConfig, metrics: Mapping[str, Any],
-                 seeds: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The card's YAML metadata (Hugging Face model-card fields)."""
+                 seeds: Mapping[str, Any] | None = None,
+                 exports: Mapping[str, Any] | None = None,
+                 task: str | None = None) -> dict[str, Any]:
+    """The card's YAML metadata (Hugging Face model-card fields): of the member directory, or
+    (``task``) of that task's exported classifier."""
     n = _seed_count(seeds)
     results = []
-    for task, value in _scores(member, metrics, seeds).items():
-        facts = task_card(member.specs[task])
+    for name, value in _scores(member, metrics, seeds).items():
+        if task is not None and name != task:
+            continue
+        task_name = name
+        facts = task_card(member.specs[task_name])
         metric, label = facts["metric"]
         results.append({
             "task": {"type": facts["hf_task"], "name": facts["title"]},
@@ -122,21 +148,38 @@ def front_matter(member: MemberConfig, metrics: Mapping[str, Any],
             "metrics": [{"type": metric, "value": value,
                          "name": f"{label}, mean of {n} seeds" if n else label}],
         })
-    cards = [task_card(member.specs[t]) for t in member.tasks]
+    cards = [task_card(member.specs[t]) for t in ([task] if task else member.tasks)]
+    tags = ["bestfit", "best-fit", "multitask", "bert", *member.tasks]
+    if task is not None:  # a sequence classifier: transformers' pipeline and CrossEncoder
+        library, pipeline_tag = "transformers", "text-classification"
+        tags += ["text-classification"] + (["cross-encoder"] if member.specs[task].pair
+                                           else [])
+    elif _loads_with_sentence_transformers(exports):
+        library, pipeline_tag = "sentence-transformers", "sentence-similarity"
+        tags += ["sentence-transformers", "feature-extraction", "sentence-similarity"]
+    else:  # AutoModel loads the encoder alone: its token states
+        library, pipeline_tag = "transformers", "feature-extraction"
     meta: dict[str, Any] = {
         "language": ["en"],
         # The weights derive from the backbone and from datasets with their own terms.
         "license": "other",
-        "library_name": "transformers",
-        "pipeline_tag": cards[0]["hf_task"],
-        "tags": ["bestfit", "best-fit", "multitask", "bert", *member.tasks],
+        "library_name": library,
+        "pipeline_tag": pipeline_tag,
+        "tags": tags,
         "datasets": sorted({card["dataset"]["type"] for card in cards}),
         "metrics": sorted({card["metric"][0] for card in cards}),
     }
     hub_id = base_model(member.model.backbone)
     if hub_id:
         meta["base_model"] = hub_id
-    meta["model-index"] = [{"name": f"bestfit-{member.name}", "results": results}]
+    if task is None and library == "sentence-transformers":
+        meta["widget"] = [{"source_sentence": WIDGET_SENTENCES[0],
+                           "sentences": list(WIDGET_SENTENCES[1:])}]
+    elif task is not None:
+        meta["widget"] = [{"text": WIDGET_PAIR[0], "text_pair": WIDGET_PAIR[1]}
+                          if member.specs[task].pair else {"text": WIDGET_SENTENCES[0]}]
+    name = f"bestfit-{member.name}" + (f"-{task}" if task else "")
+    meta["model-index"] = [{"name": name, "results": results}]
     return meta
 
 
@@ -281,27 +324,99 @@ def _data_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[str]
     return lines
 
 
-def _usage_section(member: MemberConfig) -> list[str]:
+def member_directory(member: MemberConfig) -> str:
+    """Where the member's model dir is in a bestfit checkout (the snippets' path)."""
+    return f"models/{member.name}/seed_{member.train.seed}/model"
+
+
+def _example(member: MemberConfig, task: str) -> str:
+    return (f"[{WIDGET_SENTENCES[0]!r}]" if not member.specs[task].pair
+            else f"[{WIDGET_PAIR!r}]")
+
+
+def _bestfit_usage(member: MemberConfig) -> list[str]:
     task = member.tasks[0]
     single = not member.specs[task].pair
-    example = ('["a gripping, funny film"]' if single
-               else '[("how do I learn to cook?", "what is the best way to learn cooking?")]')
-    cli_input = ('--text "a gripping, funny film"' if single else
-                 '--pair "how do I learn to cook?" "what is the best way to learn cooking?"')
-    directory = f"models/{member.name}/seed_{member.train.seed}/model"
-    return ["## How to use", "",
-            "With the bestfit package installed (`pip install -e .` in its checkout):", "",
+    cli_input = (f'--text "{WIDGET_SENTENCES[0]}"' if single else
+                 f'--pair "{WIDGET_PAIR[0]}" "{WIDGET_PAIR[1]}"')
+    directory = member_directory(member)
+    return ["With the bestfit package installed (`pip install -e .` in its checkout):", "",
             "```python", "from pipeline.model import MultitaskModel",
             "from pipeline.predict import predict_sentences", "",
             f'model = MultitaskModel.from_pretrained("{directory}")  # eval mode, CPU',
-            f'predict_sentences(model, "{task}", {example})  # a pandas DataFrame', "```", "",
+            f'predict_sentences(model, "{task}", {_example(member, task)})  # a pandas DataFrame',
+            "```", "",
             "```bash",
             f"bestfit-predict {directory} --task {task} {cli_input}",
             f"bestfit-predict {directory} --task {task} --input examples.csv --format jsonl "
             f"--output predictions.jsonl",
-            "```", "",
-            "The directory is also a plain transformers model: `AutoModel.from_pretrained` loads "
-            "the encoder (without the task heads, which are in `heads.safetensors`)."]
+            "```"]
+
+
+def _sentence_transformers_usage(member: MemberConfig, exports: Mapping[str, Any]) -> list[str]:
+    directory = member_directory(member)
+    lines = ["", f"With sentence-transformers alone, the directory is a `SentenceTransformer`: "
+             f"the encoder and this member's {member.model.pooling} pooling, unnormalised, as "
+             f"its heads read it:", "",
+             "```python", "from sentence_transformers import SentenceTransformer", "",
+             f'model = SentenceTransformer("{directory}")',
+             f"embeddings = model.encode({list(WIDGET_SENTENCES)!r})",
+             "similarities = model.similarity(embeddings, embeddings)  # cosine"]
+    cosine = exports["sentence_transformers"].get("cosine_heads", {})
+    for task, affine in cosine.items():
+        spec = member.specs[task]
+        lines += ["", f"# {spec.display}: this member's prediction is a·cos(u, v) + b of the "
+                      f"two embeddings",
+                  f"a, b = {affine['scale']!r}, {affine['shift']!r}",
+                  f"u, v = model.encode({list(WIDGET_PAIR)!r})",
+                  f"{task} = a * model.similarity(u, v).item() + b"
+                  + (f"  # bestfit clips it to {spec.label_range[0]:g}–{spec.label_range[1]:g}"
+                     if spec.kind == "regression" else "  # a logit")]
+    return [*lines, "```"]
+
+
+def _classifier_usage(member: MemberConfig, task: str, directory: str) -> list[str]:
+    """The snippets that load ``task``'s exported classifier from ``directory``."""
+    spec = member.specs[task]
+    text = (f"{{'text': {WIDGET_PAIR[0]!r}, 'text_pair': {WIDGET_PAIR[1]!r}}}" if spec.pair
+            else repr(WIDGET_SENTENCES[0]))
+    note = {"classification": "a score per class",
+            "binary": f"p({spec.class_names()[1]}) and p({spec.class_names()[0]})",
+            "regression": f"the value, unclipped (bestfit clips it to "
+                          f"{spec.label_range[0]:g}–{spec.label_range[1]:g})"}[spec.kind]
+    lines = ["```python", "from transformers import pipeline", "",
+             f'classifier = pipeline("text-classification", model="{directory}")',
+             f"classifier({text}, top_k=None, truncation=True)  # {note}"]
+    if spec.pair:
+        lines += ["", "from sentence_transformers import CrossEncoder", "",
+                  f'cross_encoder = CrossEncoder("{directory}")',
+                  f"cross_encoder.predict([{WIDGET_PAIR!r}])"
+                  + ("  # the value" if spec.kind == "regression" else "  # logits")]
+    return [*lines, "```"]
+
+
+def _usage_section(member: MemberConfig, exports: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## How to use", "", *_bestfit_usage(member)]
+    if _loads_with_sentence_transformers(exports):
+        lines += _sentence_transformers_usage(member, exports)
+    else:
+        why = (f" ({exports['sentence_transformers']['reason']})" if exports else
+               " (this member was saved before bestfit exported to it)")
+        lines += ["", "`AutoModel.from_pretrained` loads the encoder alone (its token states); "
+                  "the pooling and the task heads are in `heads.safetensors`, and "
+                  f"`SentenceTransformer` cannot load this member{why}."]
+    classifiers = _classifiers(exports)
+    for task, entry in classifiers.items():
+        lines += ["", f"{member.specs[task].display} as a transformers "
+                      f"`{entry['architecture']}` (its head exactly), in `{entry['path']}/`:",
+                  "", *_classifier_usage(member, task,
+                                         f"{member_directory(member)}/{entry['path']}")]
+    missing = {task: entry["reason"] for task, entry in (exports or {}).get(
+        "transformers", {}).items() if "reason" in entry}
+    if missing:
+        lines += ["", "Not exported as transformers sequence classifiers:", ""]
+        lines += [f"- {member.specs[task].display}: {why}." for task, why in missing.items()]
+    return lines
 
 
 def _limits_section(member: MemberConfig) -> list[str]:
@@ -335,7 +450,8 @@ def _limits_section(member: MemberConfig) -> list[str]:
 
 
 def model_card(member: MemberConfig, metrics: Mapping[str, Any],
-               seeds: Mapping[str, Any] | None = None) -> str:
+               seeds: Mapping[str, Any] | None = None,
+               exports: Mapping[str, Any] | None = None) -> str:
     """The card of ``member`` trained with seed ``member.train.seed``: ``metrics`` is that
     run's ``metrics.json``; ``seeds`` (the ensemble's ``seeds[<member>]``: ``per_seed`` and
     ``aggregate``) adds the mean ± sd over the member's seeds and makes the front matter report
@@ -353,12 +469,46 @@ def model_card(member: MemberConfig, metrics: Mapping[str, Any],
             *_results_section(member, metrics, seeds), "",
             *_training_section(member, metrics), "",
             *_data_section(member, metrics), "",
-            *_usage_section(member), "",
+            *_usage_section(member, exports), "",
             *_limits_section(member), "",
             "## License", "",
             "`other`: the weights derive from the backbone (its license applies) and from SST, "
             "Quora Question Pairs and STS-B, each under its own terms; check them before you "
             "redistribute or deploy the model."]
-    meta = yaml.safe_dump(front_matter(member, metrics, seeds), sort_keys=False,
-                          allow_unicode=True)
-    return f"---\n{meta}---\n\n" + "\n".join(body) + "\n"
+    return _card(front_matter(member, metrics, seeds, exports), body)
+
+
+def _card(meta: Mapping[str, Any], body: list[str]) -> str:
+    front = yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True)
+    return f"---\n{front}---\n\n" + "\n".join(body) + "\n"
+
+
+def classifier_card(member: MemberConfig, task: str, metrics: Mapping[str, Any],
+                    exports: Mapping[str, Any]) -> str:
+    """The card of ``task``'s exported sequence classifier (``transformers/<task>/``)."""
+    spec, entry = member.specs[task], exports["transformers"][task]
+    directory = f"{member_directory(member)}/{entry['path']}"
+    facts = task_card(spec)
+    labels = ("one output, `problem_type: regression`" if spec.kind == "regression" else
+              f"labels {', '.join(f'{k} {n}' for k, n in enumerate(spec.class_names()))}")
+    body = [f"# bestfit `{member.name}`: {spec.display}, seed {member.train.seed}", "",
+            f"The {spec.display} head of the bestfit member `{member.name}` (its model "
+            f"directory, `../..`, has the card with the training, data and limits) with its "
+            f"encoder, as a "
+            f"transformers `{entry['architecture']}` that computes the head exactly: "
+            f"{facts['input']} in, {labels}.", "",
+            *_classifier_usage(member, task, directory)]
+    score = _scores(member, metrics, None).get(task)
+    if score is not None:
+        body += ["", f"Dev {spec.metric_name}: {score:.4f} (the member's, seed "
+                     f"{member.train.seed})."]
+    return _card(front_matter(member, metrics, None, exports, task=task), body)
+
+
+def write_cards(directory: Path, member: MemberConfig, metrics: Mapping[str, Any],
+                exports: Mapping[str, Any] | None) -> None:
+    """The member's card in its model ``directory`` and each exported classifier's in its own."""
+    (directory / CARD_FILE).write_text(model_card(member, metrics, exports=exports))
+    for task, entry in _classifiers(exports).items():
+        (directory / entry["path"] / CARD_FILE).write_text(
+            classifier_card(member, task, metrics, exports))

@@ -12,6 +12,7 @@ seed gives no estimate of the spread: its sd is None.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +22,28 @@ from typing import Any
 def seed_dir(models_dir: str | Path, member: str, seed: int) -> Path:
     """The output directory of ``member`` trained with ``seed`` (dvc.yaml's train outs)."""
     return Path(models_dir) / member / f"seed_{seed}"
+
+
+METRICS_FILE = "metrics.json"
+# What a run's metrics leave to its report: counts and how the best epoch was picked. DVC lists
+# every leaf of a metrics file as a `dvc exp show` column, and these are not scores to compare.
+TRAIN_REPORT_FILE = "train_report.json"
+TRAIN_REPORT_KEYS = ("train_examples", "select", "select_sample")
+
+
+def split_run_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's metrics as (its ``metrics.json``: scores, epochs, times; its
+    ``train_report.json``: the rest)."""
+    report = {key: metrics[key] for key in TRAIN_REPORT_KEYS if key in metrics}
+    return {k: v for k, v in metrics.items() if k not in report}, report
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """A seed run's metrics with its report (a run written before reports: its metrics)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    report = run_dir / TRAIN_REPORT_FILE
+    return {**metrics, **(json.loads(report.read_text()) if report.is_file() else {})}
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -8,3 +8,4 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --editable '.[test]'
 bash scripts/setup_wordnet.sh > /dev/null
+bash scripts/setup_vega.sh > /dev/null

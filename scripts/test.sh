@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DVC_NO_ANALYTICS=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check .
+bash scripts/setup_chromium.sh
 .venv/bin/pytest -q "$@"

@@ -19,7 +19,6 @@ submission holds a header alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -39,9 +38,10 @@ from pipeline.ensemble import (
     submission_text,
 )
 from pipeline.errors import UserError, run_stage
+from pipeline.export import read_exports
 from pipeline.io import atomic_outputs, write_json, write_parquet
 from pipeline.model_card import model_card
-from pipeline.seeds import seed_dir
+from pipeline.seeds import read_run, seed_dir
 
 OUTPUTS = ("metrics", "predictions", "submission", "plots", "cards")
 
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             # The member as its first seed was trained, with that run's metrics (row counts).
             run = seed_dir(args.models, member, params.seeds[0])
             card = model_card(member_for_seed(params, member, params.seeds[0]),
-                              json.loads((run / "metrics.json").read_text()),
-                              metrics["seeds"][member])
+                              read_run(run),
+                              metrics["seeds"][member], read_exports(run / "model"))
             (out["cards"] / f"{member}.md").write_text(card)
     for task in empty_test_splits(specs, preds["test"]):
         print(f"ensemble: warning: {task}: no test rows: its declared test file "

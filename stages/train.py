@@ -9,7 +9,7 @@ Its params dep in dvc.yaml is the member's effective config, `data/members/MEMBE
 (stages/configure.py, resolved from params.yaml as here), so a variant that leaves the member's
 config as it was does not re-run it.
 
-Writes `--out`/{model/, predictions/, metrics.json, live/}, and the model card
+Writes `--out`/{model/, predictions/, metrics.json, train_report.json, live/}, and the model card
 `--out`/model/README.md (this seed's dev scores); keeps resumable checkpoints in
 `--checkpoints` (a persistent DVC output), marked once the outputs are committed: run again
 after that (forced, or changed code), the stage trains afresh. With `train.processes` > 1 it
@@ -32,9 +32,11 @@ from pipeline.data import member_frames
 from pipeline.device import check_processes
 from pipeline.distributed import SINGLE, World, init_world, launched_by_torchrun, torchrun_command
 from pipeline.errors import UserError, run_stage
+from pipeline.export import export_member
 from pipeline.io import atomic_outputs, recover_outputs, write_json, write_parquet, write_text
-from pipeline.model_card import CARD_FILE, model_card
+from pipeline.model_card import write_cards
 from pipeline.pcgrad import PCGRAD_STEPS_FILE
+from pipeline.seeds import METRICS_FILE, TRAIN_REPORT_FILE, split_run_metrics
 from pipeline.train import TrainedMember, discard_shipped, mark_shipped, train_member
 
 
@@ -54,16 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_outputs(trained: TrainedMember, out_dir: Path) -> None:
-    """``out_dir``/{model/ (with its card), predictions/, metrics.json}, as one set: a kill
+    """``out_dir``/{model/ (with its card), predictions/, metrics.json (scores, epochs,
+    times), train_report.json (counts, how the epoch was picked)}, as one set: a kill
     never leaves this run's model beside an earlier run's predictions."""
-    with atomic_outputs(out_dir, ["model", "predictions", "metrics.json"]) as tmp:
+    with atomic_outputs(out_dir, ["model", "predictions", METRICS_FILE, TRAIN_REPORT_FILE]
+                        ) as tmp:
         shutil.copytree(trained.best_dir / "model", tmp["model"])
         shutil.copytree(trained.best_dir / "predictions", tmp["predictions"])
         for task, frame in trained.test_predictions.items():
             write_parquet(frame, tmp["predictions"] / f"{task}_test.parquet")
-        write_json(trained.metrics, tmp["metrics.json"])
+        metrics, report = split_run_metrics(trained.metrics)
+        write_json(metrics, tmp[METRICS_FILE])
+        write_json(report, tmp[TRAIN_REPORT_FILE])
         # This seed's scores; the ensemble stage's cards give mean ± sd over seeds.
-        (tmp["model"] / CARD_FILE).write_text(model_card(trained.member, trained.metrics))
+        write_cards(tmp["model"], trained.member, trained.metrics, export_member(tmp["model"]))
 
 
 def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,

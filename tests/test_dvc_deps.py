@@ -245,3 +245,28 @@ def test_a_train_stage_reads_params_only_through_its_members_config():
             assert configured[member][0] in entry_paths(spec["deps"]), name
     keys = set(STAGES[f"configure@{next(iter(configured))}"]["params"])
     assert {"model", "loss", "train", "smart", "pcgrad", "tasks", "ensemble"} <= keys
+
+
+# Outputs DVC does not cache that stay on the machine on purpose: resumable checkpoints and the
+# embedding / label caches (persist: true), ignored by the root .gitignore as machine-local.
+MACHINE_LOCAL = ("checkpoints/", "data/cache/")
+
+
+def test_cached_outputs_are_git_ignored_up_front_and_committed_ones_are_not():
+    """DVC adds a cached output to a .gitignore unless git already ignores it: the root
+    .gitignore ignoring every one keeps a user's tree clean after a run; an output with
+    ``cache: false`` (metrics, plots) is committed, so it must not be ignored."""
+    cached, committed = set(), set()
+    for spec in STAGES.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind) or []:
+                path, options = (next(iter(entry.items())) if isinstance(entry, dict)
+                                 else (entry, None))
+                (cached if (options or {}).get("cache", True) else committed).add(path)
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT,
+                          input="\n".join(sorted(cached | committed)), capture_output=True,
+                          text=True)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: none ignored
+    ignored = set(proc.stdout.split())
+    assert sorted(cached - ignored) == []
+    assert sorted(p for p in committed & ignored if not p.startswith(MACHINE_LOCAL)) == []

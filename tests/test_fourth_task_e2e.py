@@ -24,6 +24,7 @@ from test_pipeline_e2e import commit_and_repro, run, tiny_project
 from pipeline.config import load_params
 from pipeline.data import SPLITS, load_prepared, read_task_split
 from pipeline.predict import main as predict_main
+from pipeline.seeds import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_the_fourth_task_is_prepared_trained_scored_and_ensembled(project):
                                    .tasks["polarity"], split) for split in SPLITS}
     assert (len(tables["train"]), len(tables["dev"]), len(tables["test"])) == (40, 30, 0)
     assert set(tables["train"]["label"]) <= {0, 1}
-    member = json.loads((project / "models/multitask/seed_11/metrics.json").read_text())
+    member = read_run(project / "models/multitask/seed_11")
     assert member["train_examples"]["polarity"] == 40
     # overall: the declared weighted mean, polarity's F1 counted twice
     assert member["overall"] == pytest.approx(
@@ -131,7 +132,7 @@ def test_repro_without_reviews_runs_every_stage_with_empty_review_tables(project
     assert (augmented / "label_confusion.csv").read_text() == "actual,predicted\n"
 
     sst_train = load_prepared(project / "data" / "prepared", "sst", "train")
-    member = json.loads((project / "models/multitask/seed_11/metrics.json").read_text())
+    member = read_run(project / "models/multitask/seed_11")
     assert member["train_examples"]["sst"] == len(sst_train)
     assert set(json.loads((project / "metrics.json").read_text())) >= {"overall", "sst_acc"}
     figures = {p.stem for p in (project / "figures").glob("*.png")}

@@ -18,6 +18,7 @@ from test_train import synthetic_frames
 
 from pipeline.config import parse_params
 from pipeline.data import SPLITS, prepared_path
+from pipeline.export import read_exports
 from pipeline.io import write_parquet
 from pipeline.model import MultitaskModel
 from pipeline.model_card import model_card
@@ -141,6 +142,11 @@ def test_train_and_ensemble_stages_write_the_cards(tiny_bert, tmp_path):
                                   "STS-B": round(runs[0]["sts_pearson"], 4)}
     assert body.startswith("# bestfit `multitask`, seed 11")
     assert "| sst | 16 |" in body
+    # cls pooling exports to sentence-transformers; the relu heads have no exact classifier
+    exports = read_exports(models / "multitask" / "seed_11" / "model")
+    assert exports["sentence_transformers"] == {"path": "."}
+    assert all("relu" in entry["reason"] for entry in exports["transformers"].values())
+    assert meta["library_name"] == "sentence-transformers"
 
     # The saved model predicts what the stage predicted on dev.
     model = MultitaskModel.from_pretrained(models / "multitask" / "seed_11" / "model")
@@ -165,6 +171,7 @@ def test_train_and_ensemble_stages_write_the_cards(tiny_bert, tmp_path):
     assert index_values(meta)["STS-B"] == round((a + b) / 2, 4)
     assert f"{(a + b) / 2:.4f} ± {abs(a - b) / math.sqrt(2):.4f} (2)" in body
     assert body.startswith("# bestfit `multitask`, 2 seeds")
+    assert meta["library_name"] == "sentence-transformers" and "SentenceTransformer(" in body
 
 
 # --- dvc.yaml artifacts ------------------------------------------------------------------------

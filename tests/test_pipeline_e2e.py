@@ -4,6 +4,7 @@ two queued experiments run by `dvc queue start` in DVC's temporary copies of the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,8 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from dvc_render.base import Renderer
 
 from pipeline.data import SPLITS, load_prepared
+from pipeline.seeds import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 48  # rows kept from each real file
@@ -122,6 +125,9 @@ def test_repro_writes_every_declared_output(project):
     confusion = pd.read_csv(project / "plots" / "sst_confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == ROWS
     assert json.loads(run(["dvc", "status", "--json"], project)) == {}
+    # The root .gitignore ignores DVC's cached outputs up front: DVC wrote no .gitignore.
+    changed = run(["git", "status", "--porcelain", "--untracked-files=all"], project)
+    assert not [line for line in changed.splitlines() if line.endswith(".gitignore")], changed
 
 
 def test_new_seed_leaves_prepare_and_trained_seeds_up_to_date(project):
@@ -154,6 +160,78 @@ def test_exp_run_variant_shows_in_metrics_diff(project):
     shown = run(["dvc", "exp", "show", "--json"], project)
     # The committed baseline and the experiment both carry their scores (git-tracked metrics).
     assert shown.count('"overall"') >= 2 and shown.count('"round_robin"') >= 1
+
+
+OFFLINE_TEMPLATE = ROOT / "data" / "vega" / "offline.html"  # scripts/setup_vega.sh's
+SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def check_plots():
+    """scripts/check_plots.py as a module, with what it needs: fails (test.sh sets all up)."""
+    if not OFFLINE_TEMPLATE.is_file():
+        pytest.fail(f"no offline DVC plots template at {OFFLINE_TEMPLATE}: run scripts/setup.sh "
+                    "(or scripts/setup_vega.sh)")
+    spec = importlib.util.spec_from_file_location("check_plots",
+                                                  ROOT / "scripts" / "check_plots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their class's module up there
+    spec.loader.exec_module(module)
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        pytest.fail("Playwright is missing: run scripts/setup.sh (pip install -e '.[test]')")
+    if not Path(module.CHROMIUM).exists():
+        pytest.fail(f"no {module.CHROMIUM}: run scripts/setup_chromium.sh")
+    return module
+
+
+def expected_plots(project: Path) -> set[str]:
+    """The div ids dvc-render gives the plots these tests expect: each training run's per-epoch
+    dev curves (DVCLive's plots/metrics/dev/*.tsv), the SST confusion and the STS scatter."""
+    curves = [path.relative_to(project).as_posix()
+              for member in MEMBERS for seed in SEEDS
+              for path in sorted((project / "models" / member / f"seed_{seed}" / "live" / "plots"
+                                  / "metrics" / "dev").glob("*.tsv"))]
+    assert len(curves) >= len(MEMBERS) * len(SEEDS), curves
+    return {Renderer.remove_special_chars(path)
+            for path in [*curves, "plots/sst_confusion.csv", "plots/sts_scatter.csv"]}
+
+
+def check_drawn(check_plots, page: Path, screenshot: Path, revs: tuple[str, ...],
+                project: Path) -> None:
+    html = page.read_text(encoding="utf-8")
+    assert not SCRIPT_SRC.search(html), "the page loads a script from the network"
+    drawn = {result.id: result for result in check_plots.check_page(page, screenshot)}
+    missing = expected_plots(project) - set(drawn)
+    assert not missing, f"plots missing from {page}: {sorted(missing)}; it has {sorted(drawn)}"
+    for plot_id in expected_plots(project):
+        assert drawn[plot_id].marks > 0 and drawn[plot_id].revs == revs, drawn[plot_id].line()
+    assert screenshot.stat().st_size > 0
+
+
+def test_plots_diff_draws_offline_both_revisions(project, check_plots, tmp_path):
+    # The workspace holds the variant of test_exp_run_variant_shows_in_metrics_diff; HEAD the
+    # baseline. The template is named here; `dvc plots show` below takes it from the config.
+    out = tmp_path / "diff"
+    run(["dvc", "plots", "diff", "HEAD", "--html-template", str(OFFLINE_TEMPLATE),
+         "-o", str(out)], project)
+    screenshot = tmp_path / "plots_diff.png"
+    check_drawn(check_plots, out / "index.html", screenshot, ("HEAD", "workspace"), project)
+    if os.environ.get("BESTFIT_PLOTS_SCREENSHOT"):
+        check_plots.write_atomically(Path(os.environ["BESTFIT_PLOTS_SCREENSHOT"]),
+                                     screenshot.read_bytes())
+
+
+def test_plots_show_draws_offline_from_the_config(project, check_plots, tmp_path):
+    # setup_vega.sh's plots.html_template in .dvc/config.local, copied with .dvc/ to the project.
+    configured = run(["dvc", "config", "plots.html_template"], project).strip()
+    assert Path(configured) == OFFLINE_TEMPLATE, (
+        f"plots.html_template is {configured!r}: run scripts/setup_vega.sh")
+    out = tmp_path / "show"
+    run(["dvc", "plots", "show", "-o", str(out)], project)
+    check_drawn(check_plots, out / "index.html", tmp_path / "plots_show.png", ("workspace",),
+                project)
 
 
 def wait_for_queue(project: Path, names: list[str], limit_s: float = 900) -> str:
@@ -197,7 +275,13 @@ def test_queued_experiments_reach_their_data(project):
     seed_metrics = {name: data["metrics"]["models/multitask/seed_11/metrics.json"]["data"]
                     for name, data in found.items()}
     assert seed_metrics["faster"] != seed_metrics["resampled"]
-    assert seed_metrics["resampled"]["train_examples"]["sst"] == 40  # the resampled rows
-    sst_rows = len(load_prepared(project / "data" / "prepared", "sst", "train"))
-    assert seed_metrics["faster"]["train_examples"]["sst"] == sst_rows > 40
+    assert "train_examples" not in seed_metrics["faster"]  # counts are in the run's report
     assert found["resampled"]["params"]["params.yaml"]["data"]["data"]["seed"] == 5
+    # Each run's report, from its outputs in the DVC cache: the rows it trained on.
+    sst_rows = len(load_prepared(project / "data" / "prepared", "sst", "train"))
+    trained = {}
+    for name in ("faster", "resampled"):
+        run(["dvc", "exp", "apply", name], project)
+        trained[name] = read_run(project / "models" / "multitask" / "seed_11")
+    assert trained["resampled"]["train_examples"]["sst"] == 40  # the resampled rows
+    assert trained["faster"]["train_examples"]["sst"] == sst_rows > 40
