@@ -29,6 +29,7 @@ from pipeline.config import ReviewsConfig, load_params
 from pipeline.data import AUGMENTED_SCHEMA, member_frames, prepared_path
 from pipeline.errors import EXIT_USER_ERROR, run_stage
 from pipeline.io import write_parquet
+from pipeline.seeds import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "data" / "reviews"
@@ -258,7 +259,7 @@ def test_a_member_asking_for_reviews_trains_on_its_prepared_rows_alone(
     stage.main(["multitask", "--seed", "11", "--prepared", str(prepared), "--augmented",
                 str(out), "--out", str(model_dir), "--checkpoints", str(tmp_path / "ckpt"),
                 "--params", str(params_path), "--no-live"])
-    metrics = json.loads((model_dir / "metrics.json").read_text())
+    metrics = read_run(model_dir)
     assert metrics["train_examples"] == {"sst": ROWS, "qqp": ROWS, "sts": ROWS}
     assert 0.0 <= metrics["sst_acc"] <= 1.0
     assert len(pd.read_parquet(model_dir / "predictions" / "sst_dev.parquet")) == ROWS
