@@ -275,6 +275,30 @@ class PcgradConfig:
     enabled: bool = False
 
 
+# TorchJD's aggregators and loss weightings that bestfit wires (pipeline/aggregation.py).
+Aggregator = Literal["sum", "mean", "random", "upgrad", "mgda", "dualproj", "imtl_g",
+                     "aligned_mtl", "pcgrad", "gradvac", "pcd", "fairgrad", "cagrad", "nash_mtl"]
+LossWeighting = Literal["fixed", "uw", "dwa"]
+
+
+@dataclass(frozen=True)
+class MtlConfig:
+    """How the per-task gradients are combined (pipeline/aggregation.py): null and fixed, one
+    task's batch per step as before (or PCGrad, pcgrad.enabled); otherwise every step takes one
+    batch of every task, as PCGrad does."""
+
+    aggregator: Aggregator | None = None
+    aggregator_options: dict[str, int | float] = field(default_factory=dict)
+    weighting: LossWeighting = "fixed"
+    weighting_options: dict[str, int | float] = field(default_factory=dict)
+    # The learning rate of a weighting's own parameters (UW's log-variances); null: train.lr.
+    weighting_lr: Rate | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.aggregator is not None or self.weighting != "fixed"
+
+
 @dataclass(frozen=True)
 class EdaConfig:
     num_aug: Annotated[int, Range(ge=1, le=100)] = 8  # new sentences per sentence; EDA tried ≤ 32
@@ -360,6 +384,7 @@ class MemberConfig:
     train: TrainConfig
     smart: SmartConfig
     pcgrad: PcgradConfig
+    mtl: MtlConfig
     # The declarations of this member's tasks (saved with the model, so it predicts alone); a
     # CS224N task left out gets its default declaration.
     specs: dict[str, TaskSpec] = field(default_factory=dict)
@@ -385,6 +410,12 @@ class MemberConfig:
             raise ConfigError(f"select_tasks {self.select_tasks}: not among tasks {self.tasks}")
 
     @property
+    def per_task_step(self) -> bool:
+        """Whether every step takes one batch of every task (PCGrad, an aggregator, a loss
+        weighting) instead of one task's batch."""
+        return self.pcgrad.enabled or self.mtl.enabled
+
+    @property
     def selection_label(self) -> str:
         """What picks the best epoch, for logs and the model card: the metric's name,
         ``overall``, or ``overall(qqp, sts)`` over some of the member's tasks."""
@@ -403,6 +434,7 @@ class Params:
     train: TrainConfig
     smart: SmartConfig
     pcgrad: PcgradConfig
+    mtl: MtlConfig
     augment: AugmentConfig
     tasks: dict[str, TaskSpec]
     models: dict[str, MemberConfig]
@@ -420,6 +452,7 @@ MEMBER_SECTIONS = {
     "train": TrainConfig,
     "smart": SmartConfig,
     "pcgrad": PcgradConfig,
+    "mtl": MtlConfig,
 }
 AUGMENT_SOURCES = ("eda", "amazon", "llm")
 
@@ -752,6 +785,11 @@ def _build_member(name: str, raw: Any, sections: Mapping[str, Any],
         raise ConfigError(
             f"{where}.train.custom.task: {built['train'].custom.task!r} is not among tasks {tasks}"
         )
+    if built["pcgrad"].enabled and built["mtl"].enabled:
+        raise ConfigError(f"{where}: pcgrad.enabled and mtl (aggregator "
+                          f"{built['mtl'].aggregator}, weighting {built['mtl'].weighting}) both "
+                          f"combine the task gradients; choose one (mtl.aggregator: pcgrad is "
+                          f"TorchJD's PCGrad, and takes a weighting)")
     train = built["train"]
     if train.schedule == "custom" and train.custom.epochs >= train.epochs:
         raise ConfigError(

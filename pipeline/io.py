@@ -173,9 +173,11 @@ def written_in_place(path: str | Path) -> bool:
 
 def replace_path(new: Path, path: Path) -> None:
     """Rename ``new`` onto ``path`` (a file or a directory), never leaving ``path`` empty-handed
-    but for the instant between two renames, which :func:`clean_leftovers` repairs. The callers
-    check the kinds (:func:`atomic_path`, :func:`atomic_outputs`)."""
+    but for the instant between two renames, which :func:`clean_leftovers` repairs. The kinds
+    are checked under the same lock as the renames: another writer's renames in between would
+    show ``path`` missing or half-swapped to a check made outside it."""
     with _locked(path.parent):
+        _refuse_kind_change(new, path)
         if not os.path.lexists(path) or not (_is_dir(path) or _is_dir(new)):
             os.replace(new, path)
             return
@@ -227,7 +229,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         tmp = aside / path.name
         yield tmp
-        _refuse_kind_change(tmp, path)
         replace_path(tmp, path)
     finally:
         shutil.rmtree(aside, ignore_errors=True)
@@ -287,9 +288,9 @@ def atomic_outputs(directory: str | Path, names: Sequence[str]) -> Iterator[dict
         missing = [name for name in names if not os.path.lexists(paths[name])]
         if missing:
             raise RuntimeError(f"atomic_outputs: {missing} not written under {stage}")
-        for name in names:
-            _refuse_kind_change(paths[name], directory / name)
         with _locked(directory):
+            for name in names:  # before the journal: a refused set commits nothing
+                _refuse_kind_change(paths[name], directory / name)
             write_json({"stage": stage.name, "names": list(names)}, directory / JOURNAL)
             # The set is committed: a kill or failure from here leaves the journal and the
             # staged outputs to roll forward from.

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import MemberConfig
+from pipeline.config import MemberConfig, MtlConfig
 from pipeline.model import MINILM_HUB_ID
 from pipeline.tasks import CORRELATIONS, TaskSpec
 
@@ -45,6 +45,16 @@ PRECISION_TEXT = {"bf16": "bf16 autocast (heads in fp32)",
                   "fp16": "fp16 autocast with a dynamic loss scale (heads in fp32)",
                   "fp32": "fp32"}
 
+
+
+def mtl_text(mtl: MtlConfig) -> str:
+    """The card's line for a TorchJD aggregator / loss weighting (pipeline/aggregation.py)."""
+    parts = [f"TorchJD aggregator {mtl.aggregator or 'sum'}"
+             + (f" {dict(mtl.aggregator_options)}" if mtl.aggregator_options else "")]
+    if mtl.weighting != "fixed":
+        parts.append(f"loss weighting {mtl.weighting}"
+                     + (f" {dict(mtl.weighting_options)}" if mtl.weighting_options else ""))
+    return ", ".join(parts) + " (one batch of every task per step)"
 
 def task_card(spec: TaskSpec) -> dict[str, Any]:
     """What the card says about a task, and its model-index entry, from its declaration."""
@@ -296,6 +306,7 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
                              if set(loss.task_weights.values()) != {1.0} else "")),
         ("SMART", smart_text),
         ("PCGrad", "on (one batch of every task per step)" if member.pcgrad.enabled else "off"),
+        *([("task gradients", mtl_text(member.mtl))] if member.mtl.enabled else []),
         ("augmentation", ", ".join(member.augment) or "none"),
         ("seed", str(train.seed)),
     ]

@@ -82,9 +82,10 @@ class PCGrad:
         for p in self.shared:  # fp32, or fp64 for a fp64 model
             self._dtype = torch.promote_types(self._dtype, p.dtype)
         # The per-task buffers are rows of one flat tensor (one all-reduce under data
-        # parallelism), followed by one "touched" flag per shared parameter; a row is added on
-        # a task's first loss.
+        # parallelism), followed by one "touched" flag per shared parameter and one loss value
+        # per task (what a loss weighting reads); a row is added on a task's first loss.
         self._flat = torch.empty(0, dtype=self._dtype)
+        self._losses = self._no_losses()
         self._rows: list[str] = []
         self._buffers: dict[str, Tensor] = {}
         self._step_tasks: list[str] = []
@@ -99,21 +100,25 @@ class PCGrad:
     def _buffer(self, task: str) -> Tensor:
         if task not in self._buffers:
             numel, device = sum(self._sizes), self.shared[0].device
-            flat = torch.empty((len(self._rows) + 1) * numel + len(self.shared),
-                               dtype=self._dtype, device=device)
+            flat = torch.empty((len(self._rows) + 1) * numel + len(self.shared)
+                               + len(self.tasks), dtype=self._dtype, device=device)
             flat[:len(self._rows) * numel] = self._flat[:len(self._rows) * numel]
             self._flat = flat
             self._rows.append(task)
             self._buffers = {t: flat[k * numel:(k + 1) * numel] for k, t in enumerate(self._rows)}
         return self._buffers[task]
 
-    def accumulate(self, task: str, loss: Tensor | None) -> None:
+    def accumulate(self, task: str, loss: Tensor | None, value: Tensor | None = None) -> None:
         """Backward of one task's loss; move its shared-parameter grads into its buffer.
-        ``None``: this rank has no example of the task this step (its buffer counts zeros)."""
+        ``None``: this rank has no example of the task this step (its buffer counts zeros).
+        ``value``: the loss unscaled (by an fp16 loss scaler), summed per task for a loss
+        weighting."""
         if task not in self.tasks:
             raise ValueError(f"PCGrad: unknown task {task!r}; expected one of {self.tasks}")
         if loss is not None:
             loss.backward()
+        if value is not None:
+            self._losses[self.tasks.index(task)] += value.detach().to(self._dtype)
         buffer = self._buffer(task)
         first = task not in self._step_tasks
         if first:
@@ -143,10 +148,13 @@ class PCGrad:
         for k, task in enumerate(self._rows):
             if task not in self._step_tasks:  # another step's: sum zeros, not stale values
                 self._flat[k * numel:(k + 1) * numel].zero_()
-        flags = self._flat[len(self._rows) * numel:]
+        tail = self._flat[len(self._rows) * numel:]
+        flags, losses = tail[:len(self.shared)], tail[len(self.shared):]
         flags.copy_(torch.tensor([float(t) for t in self._touched]))
+        losses.copy_(self._losses)
         all_reduce_sum(self._flat, world)
         self._touched = (flags > 0).tolist()
+        self._losses = losses.clone()
 
     def combine(self) -> None:
         """Write Σ_i g_i^PC into the shared parameters' ``.grad`` and record the statistics."""
@@ -160,17 +168,10 @@ class PCGrad:
         gram = np.zeros((k, k))
         for (i, j), value in zip(pairs, dots, strict=True):
             gram[i, j] = gram[j, i] = value
-        orders = []
-        for i in range(k):
-            others = [j for j in range(k) if j != i]
-            perm = torch.randperm(len(others), generator=self.generator).tolist()
-            orders.append([others[m] for m in perm])
         finite = bool(np.isfinite(gram).all())
-        if finite:
-            coef, events = pcgrad_coefficients(gram, orders)
-            weights = coef.sum(0).tolist()  # Σ_i g_i^PC = Σ_j (Σ_i C_ij) g_j
-        else:  # an fp16 overflow: non-finite grads, so the loss scaler skips this step
-            events, weights = [], [math.nan] * k
+        # An fp16 overflow (non-finite grads): the loss scaler skips this step, which is not
+        # one of the statistics' steps.
+        weights = self._step_weights(gram, names, buffers) if finite else [math.nan] * k
         offset = 0
         for n, (p, size) in enumerate(zip(self.shared, self._sizes, strict=True)):
             if self._touched[n]:
@@ -179,16 +180,32 @@ class PCGrad:
                     grad.add_(buffer[offset:offset + size], alpha=w)
                 p.grad = grad.view_as(p).to(p.dtype)
             offset += size
+        self._step_tasks = []
+        self._touched = [False] * len(self.shared)
+        self._losses = self._no_losses()
+
+    def _no_losses(self) -> Tensor:
+        return torch.zeros(len(self.tasks), dtype=self._dtype, device=self.shared[0].device)
+
+    def _step_weights(self, gram: np.ndarray, names: list[str], buffers: list[Tensor]
+                      ) -> list[float]:
+        """w with Σ_i g_i^PC = Σ_j w_j g_j (a random order of the other tasks for each task),
+        recording the step's projections."""
+        k = len(names)
+        orders = []
+        for i in range(k):
+            others = [j for j in range(k) if j != i]
+            perm = torch.randperm(len(others), generator=self.generator).tolist()
+            orders.append([others[m] for m in perm])
+        coef, events = pcgrad_coefficients(gram, orders)
         index = [self.tasks.index(t) for t in names]
         count, changes = np.zeros((len(self.tasks),) * 2), np.zeros((len(self.tasks),) * 2)
         for i, j, change in events:
             count[index[i], index[j]] += 1
             changes[index[i], index[j]] += change
-        if finite:  # a skipped step is not one of the statistics' steps
-            self._counts.append(count)
-            self._changes.append(changes)
-        self._step_tasks = []
-        self._touched = [False] * len(self.shared)
+        self._counts.append(count)
+        self._changes.append(changes)
+        return coef.sum(0).tolist()  # Σ_i g_i^PC = Σ_j (Σ_i C_ij) g_j
 
     def buffer_bytes(self) -> int:
         """Memory held by the per-task gradient buffers (a row added on a task's first loss)."""

@@ -121,8 +121,9 @@ def plan_epochs(member: MemberConfig, train: dict[str, TokenizedTask]) -> EpochP
             subset[task] = np.sort(order[:keep])
         batches = {task: math.ceil(len(subset[task]) / cfg.batch_size) for task in train}
         steps = epoch_tasks(cfg, batches, epoch, np.random.default_rng([cfg.seed, epoch]))
-        if member.pcgrad.enabled:
-            # A PCGrad step takes one batch of every task active in this epoch.
+        if member.per_task_step:
+            # A per-task-gradient step (PCGrad, mtl) takes one batch of every task active in
+            # this epoch: as many examples per epoch as the one-task steps it replaces.
             active = sorted(set(steps), key=list(train).index)
             steps = [",".join(active)] * max(1, len(steps) // len(active))
         tasks.append(steps)

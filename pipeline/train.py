@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.aggregation import AggregatedGradients
 from pipeline.batching import (
     TaskData,
     TokenizedTask,
@@ -233,16 +234,29 @@ class Trainer:
         self.sampled = [task for task, d in data.split("dev").items()
                         if len(self.select_sets[task]) < len(d)]
         self.plan = plan_epochs(member, self.train_sets)
-        self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps,
-                                         self.cfg.warmup_ratio)
-        self.pcgrad = None
+        # Per-task gradients of the shared parameters, combined by PCGrad or by a TorchJD
+        # aggregator / loss weighting (mtl); None: one task's batch per step.
+        self.pcgrad: PCGrad | None = None
         self.pcgrad_generator = torch.Generator()
         params = list(self.model.parameters())
         if member.pcgrad.enabled:
             self.pcgrad = PCGrad(self.model.shared_parameters(), member.tasks,
                                  self.pcgrad_generator)
+        elif member.mtl.enabled:
+            self.pcgrad = AggregatedGradients(
+                self.model.shared_parameters(), member.tasks, self.pcgrad_generator, member.mtl,
+                heads={t: self.model.head_parameters(t) for t in member.tasks})
+            if self.pcgrad.scalarizer_parameters():
+                # UW's log-variances learn with the model (on the host, where λ is computed:
+                # K numbers), without weight decay, under the same LR schedule.
+                self.optimizer.add_param_group(
+                    {"params": self.pcgrad.scalarizer_parameters(), "weight_decay": 0.0,
+                     "lr": member.mtl.weighting_lr or self.cfg.lr})
+        if self.pcgrad is not None:
             shared = {id(q) for q in self.model.shared_parameters()}
             params = [q for q in params if id(q) not in shared]  # the heads: PCGrad.reduce
+        self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps,
+                                         self.cfg.warmup_ratio)
         self.sync_gradients = GradientSync(params, world)
         self.fingerprint = config_fingerprint(member, data)
         self.dev_digest = rows_digest(data.split("dev"))
@@ -466,7 +480,7 @@ class Trainer:
                     loss = loss * (len(part) / len(batch_index))
                 progress.outputs[task].append((output.detach().float(), part))
                 if self.pcgrad:
-                    self.pcgrad.accumulate(task, self.scaler.scale(loss))
+                    self.pcgrad.accumulate(task, self.scaler.scale(loss), loss)
                 else:
                     self.scaler.scale(loss).backward()
                 progress.loss_sums[task][0] += loss.detach().float()
@@ -474,6 +488,9 @@ class Trainer:
             self.pcgrad.reduce(self.world)
         self.sync_gradients()
         if self.pcgrad:
+            if isinstance(self.pcgrad, AggregatedGradients) and self.scaler.is_enabled():
+                # a loss weighting's own gradient carries the loss scale, as the rows do
+                self.pcgrad.grad_scale = float(self.scaler.get_scale())
             self.pcgrad.combine()
         self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:
@@ -508,6 +525,8 @@ class Trainer:
                 began = time.perf_counter()
                 self._save_checkpoint(epoch - 1, progress)
         self.result.train_seconds += progress.seconds + time.perf_counter() - began
+        if isinstance(self.pcgrad, AggregatedGradients):
+            self.pcgrad.end_epoch()
         progress = self._global_progress(progress)
         # The epoch's only host synchronisations (bar PCGrad's 3×3 Gram matrix per step).
         losses = {f"train_loss/{task}": float(total) / count

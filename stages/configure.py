@@ -3,7 +3,7 @@
     python stages/configure.py MEMBER --out data/members/MEMBER.json [--params params.yaml]
 
 Writes the member of params `models:` as it trains — the global sections (`model`, `loss`,
-`train`, `smart`, `pcgrad`) with the member's overrides merged in, its tasks' declarations,
+`train`, `smart`, `pcgrad`, `mtl`) with the member's overrides merged in, its tasks' declarations,
 the tasks that pick its best epoch and `augment.task` — as JSON. Each `train@<member>-<seed>`
 stage depends on its member's file instead of on params.yaml's sections, so a change of a
 shared section (`-S smart.lambda=8`) re-runs only the members whose effective config it
@@ -22,6 +22,7 @@ from pathlib import Path
 from pipeline.config import MemberConfig, load_params, member_for_seed
 from pipeline.errors import run_stage
 from pipeline.io import write_text
+from pipeline.mtl_methods import check_mtl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     params = load_params(args.params)
     member = member_for_seed(params, args.member, params.seeds[0])
+    # here, not in load_params: every stage reads params, only training builds these
+    check_mtl(member.mtl, f"params.yaml: models.{args.member}.mtl")
     text = json.dumps(resolved_config(member, params.augment.task), indent=2, sort_keys=True) + "\n"
     write_text(text, args.out)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.aggregation import MTL_STEPS_FILE
 from pipeline.config import load_params, member_for_seed
 from pipeline.data import member_frames
 from pipeline.device import check_processes
@@ -89,8 +90,9 @@ def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,
     if not world.is_main:
         return trained.metrics
     if live is not None and trained.result.pcgrad_steps:
+        name = MTL_STEPS_FILE if member.mtl.enabled else PCGRAD_STEPS_FILE
         write_text(pd.DataFrame(trained.result.pcgrad_steps).to_csv(sep="\t", index=False),
-                   Path(live.dir) / PCGRAD_STEPS_FILE)
+                   Path(live.dir) / name)
     write_outputs(trained, out_dir)
     mark_shipped(checkpoint_dir, out_dir)
     return trained.metrics

@@ -26,7 +26,7 @@ from test_train import member_for, synthetic_frames
 
 import pipeline.smart
 from pipeline.batching import tokenize_member_data
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, MtlConfig
 from pipeline.device import check_processes, resolve_device
 from pipeline.distributed import (
     SINGLE,
@@ -45,7 +45,10 @@ from pipeline.train import CHECKPOINT_DIR, Trainer
 
 # 11 rows at batch 5: batches of 5, 5 and 1 — shards of 3 + 2 and of 1 + 0 (an empty one).
 ROWS, BATCH = 11, 5
-VARIANTS = ("plain", "pcgrad", "smart")
+VARIANTS = ("plain", "pcgrad", "smart", "upgrad_uw", "random_dwa")
+# TorchJD's aggregator and loss weighting of each per-task-gradient variant (pipeline/aggregation)
+MTL_VARIANTS = {"upgrad_uw": MtlConfig(aggregator="upgrad", weighting="uw", weighting_lr=0.05),
+                "random_dwa": MtlConfig(aggregator="random", weighting="dwa")}
 # How far two runs' dev predictions (values, class probabilities) may differ; their scores may
 # then differ as much as those predictions allow (metric_bounds).
 PREDICTIONS = 1e-4
@@ -58,9 +61,9 @@ def input_noise(embeds: torch.Tensor, generator) -> torch.Tensor:
 
 
 def variant_member(backbone: Path, variant: str, **train):
-    # A PCGrad step takes a batch of each of the 3 tasks: 9 batches make 3 steps, one of them
-    # on the 1-example batches.
-    steps = 9 if variant == "pcgrad" else 3
+    # A PCGrad (or mtl) step takes a batch of each of the 3 tasks: 9 batches make 3 steps, one
+    # of them on the 1-example batches.
+    steps = 9 if variant == "pcgrad" or variant in MTL_VARIANTS else 3
     member = member_for(backbone, epochs=2, batches_per_epoch=steps, batch_size=BATCH,
                         num_threads=1, checkpoint_minutes=None, **train)
     member = dataclasses.replace(
@@ -69,6 +72,8 @@ def variant_member(backbone: Path, variant: str, **train):
     if variant == "pcgrad":
         member = dataclasses.replace(
             member, pcgrad=dataclasses.replace(member.pcgrad, enabled=True))
+    if variant in MTL_VARIANTS:
+        member = dataclasses.replace(member, mtl=MTL_VARIANTS[variant])
     if variant == "smart":
         # Jiang et al.'s projected ascent normalises each example's gradient, so it does not
         # depend on how many examples share a batch; smart-pytorch's `normalize` step scales
@@ -176,6 +181,9 @@ def assert_same_fit(got: dict, want: dict) -> None:
         torch.testing.assert_close(got["state"][name], value, atol=1e-5, rtol=1e-4, msg=name)
     for mine, theirs in zip(got["history"], want["history"], strict=True):
         for key in ("train_loss/sst", "train_loss/qqp", "train_loss/sts"):
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-5), key
+        weights = [k for k in theirs if k.startswith(("mtl/weight/", "mtl/loss_scale/"))]
+        for key in weights:  # every rank combined the same reduced rows as one process
             assert mine[key] == pytest.approx(theirs[key], abs=1e-5), key
     for run in (got, want):  # its history and best scores are what its predictions scored
         for epoch, (scores, _) in run["epochs"].items():

@@ -16,7 +16,7 @@ from conftest import load_stage
 from metric_bounds import assert_scores_follow_predictions
 
 from pipeline.batching import collate, tokenize_member_data
-from pipeline.config import parse_params
+from pipeline.config import MtlConfig, parse_params
 from pipeline.evaluate import predict, score_predictions
 from pipeline.losses import contrastive_loss, task_loss
 from pipeline.model import (
@@ -131,8 +131,18 @@ def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_path, monkeypatch):
+RESUMED_MTL = {"plain": None,
+               # UW's log-variances in the optimiser; GradVac's and DWA's running state
+               "upgrad_uw": MtlConfig(aggregator="upgrad", weighting="uw", weighting_lr=0.05),
+               "gradvac_dwa": MtlConfig(aggregator="gradvac", weighting="dwa")}
+
+
+@pytest.mark.parametrize("variant", RESUMED_MTL)
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_path, monkeypatch,
+                                                                variant):
     member = member_for(tiny_bert)
+    if RESUMED_MTL[variant]:
+        member = dataclasses.replace(member, mtl=RESUMED_MTL[variant])
     tokenizer = load_tokenizer(member.model.backbone)
     data = tokenize_member_data(synthetic_frames(24, 1), member, tokenizer)
 
@@ -163,6 +173,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_p
     for name, tensor in trained_state(resumed).items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    if variant != "plain":  # the third epoch's aggregation replayed: weights and statistics
+        replayed, want = ({k: v for k, v in run.history[2].items() if k != "seconds"}
+                          for run in (result, straight_result))
+        assert replayed == pytest.approx(want)
     assert result.best_epoch == straight_result.best_epoch
     assert result.best_metrics == pytest.approx(straight_result.best_metrics)
 
@@ -251,6 +265,25 @@ def test_smart_and_pcgrad_train_through_the_trainer(tiny_bert, tmp_path):
     assert record["pcgrad/steps"] == 2
     assert {"pcgrad/projections/sst_to_qqp", "pcgrad/norm_change_pct/sts_to_sst"} <= set(record)
     assert all(math.isfinite(record[f"train_loss/{t}"]) for t in ("sst", "qqp", "sts"))
+
+
+def test_an_aggregator_and_a_loss_weighting_train_through_the_trainer(tiny_bert, tmp_path):
+    member = dataclasses.replace(member_for(tiny_bert, epochs=1), mtl=MtlConfig(
+        aggregator="upgrad", weighting="uw", weighting_lr=0.1))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(16, 6), member, tokenizer)
+    trainer = Trainer(member, data, tokenizer, tmp_path)
+    assert trainer.plan.tasks[0] == ["sst,qqp,sts"] * 2  # one batch of every task per step
+    before = trained_state(trainer)
+    log_var = trainer.pcgrad.scalarizer.log_var.detach().clone()
+    record = trainer.fit().history[0]
+    after = trained_state(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(trainer.pcgrad.scalarizer.log_var, log_var)  # UW's σ² learned
+    assert record["mtl/steps"] == 2
+    assert {"mtl/weight/sst", "mtl/cosine/qqp", "mtl/conflicts/sst_with_sts",
+            "mtl/loss_scale/sts", "mtl/norm_change_pct"} <= set(record)
+    assert not any(k.startswith("pcgrad/") for k in record)
 
 
 def test_logged_train_metrics_score_the_training_outputs(tiny_bert, tmp_path, monkeypatch):
