@@ -203,8 +203,8 @@ class TrainConfig:
     sampling_weights: dict[str, Rate] = field(default_factory=dict)
     length_grouping: bool = True
     # bf16 autocast; fp16 autocast with a dynamic loss scale (GPUs without fast bf16: T4, V100);
-    # fp32 as is.
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # fp32 as is; auto: bf16 where the device computes it natively, else fp32 (device.py).
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "bf16"
     # Micro-batches per step: a batch_size batch in grad_accum forward/backward passes (the same
     # update in less activation memory, but for SMART normalize's 1/batch-scaled ascent step).
     grad_accum: BatchSize = 1

@@ -5,6 +5,9 @@ consecutive GPUs from the one the device names: local rank r runs on ``cuda:N+r`
 ``cuda:N`` (``cuda`` and ``auto``: N = 0), the GPU ``init_world`` binds NCCL to, so N
 processes need GPUs N … N+P−1 to exist (``check_processes`` says so before any is launched).
 
+``auto`` precision is ``bf16`` where the device computes bfloat16 natively (a CUDA GPU that
+supports it; a CPU with AVX512-BF16 or AMX-BF16, whose matmuls run bf16 in hardware) and
+``fp32`` elsewhere, where bf16 autocast only adds conversions and is slower than fp32.
 ``bf16`` is autocast to bfloat16 (weights stay fp32); ``fp16`` autocast to float16 with a
 dynamic loss scale (``grad_scaler``: the loss is multiplied by S before backward, the gradients
 divided by S before the step, which is skipped and S halved when they overflow, S doubled after
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -70,6 +74,33 @@ def check_processes(name: str, processes: int) -> None:
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux lists them; none where there is no such file."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.split(":")[0].strip() == "flags"
+            for flag in line.split(":", 1)[1].split()}
+
+
+def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (the module docstring)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` as it runs on ``device``: ``auto`` becomes bf16 or fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

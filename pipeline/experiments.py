@@ -69,6 +69,7 @@ class Experiments:
     members: dict[str, list[str]]
     references: dict[str, str]
     rows: list[Row]
+    title: str = ""  # the report's heading; empty: the paper's tables
 
     def seeds(self, scale: str, run: str) -> list[int]:
         return self.scales[scale].seeds_for.get(run, self.scales[scale].seeds)
@@ -112,8 +113,24 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_experiments(path: str | Path) -> Experiments:
+    """An experiments file; ``extends: other.yaml`` (beside it) takes that file's ``base``,
+    ``scales`` and ``members`` where this one has none, so a new study shares the paper's
+    recipe and scale sizes instead of copying them."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text()) or {}
+    if raw.get("extends"):
+        parent_path = path.parent / raw["extends"]
+        if not parent_path.is_file():
+            raise ExperimentsError(f"{path}: extends: {parent_path} is not a file")
+        parent = yaml.safe_load(parent_path.read_text()) or {}
+        for key in ("base", "scales", "members"):
+            raw.setdefault(key, parent.get(key))
+        own = set(raw.get("runs") or {})
+        raw["scales"] = {  # the parent's per-run settings, for the runs this file has
+            name: {**spec, "skip": [r for r in spec.get("skip") or [] if r in own],
+                   "seeds_for": {r: v for r, v in (spec.get("seeds_for") or {}).items()
+                                 if r in own}}
+            for name, spec in (raw["scales"] or {}).items()}
     for key in ("base", "scales", "runs", "tables"):
         if not isinstance(raw.get(key), Mapping):
             raise ExperimentsError(f"{path}: {key}: expected a mapping")
@@ -145,8 +162,10 @@ def load_experiments(path: str | Path) -> Experiments:
                 raise ExperimentsError(f"{path}: tables.{table}.rows.{name}.paper: unknown "
                                        f"task(s) {unknown}; known: {list(TASK_METRICS)}")
             rows.append(Row(table, name, row["run"], paper))
-    members = {run: list(names) for run, names in (raw.get("members") or {}).items()}
-    return Experiments(flatten(raw["base"]), scales, runs, members, references, rows)
+    members = {run: list(names) for run, names in (raw.get("members") or {}).items()
+               if run in runs}
+    return Experiments(flatten(raw["base"]), scales, runs, members, references, rows,
+                       str(raw.get("title") or ""))
 
 
 def run_overrides(spec: Experiments, scale: str, run: str, data_dir: str | Path | None = None,
@@ -364,25 +383,32 @@ def report_markdown(report: Mapping[str, Any], header: str) -> str:
              "effect holds here.", ""]
     table = None
     missing = []
+    with_paper = any(row["paper"] for row in report["rows"])
+    if not with_paper:  # a study beyond the paper: no paper scores, Δ against the reference
+        lines[2] = lines[2].split(" `reproduces`")[0]
     for row in report["rows"]:
         if not any(row[t]["n"] for t in TASK_METRICS):
             missing.append(f"{row['table']}/{row['row']}")
             continue
         if row["table"] != table:
             table = row["table"]
-            lines += ["", f"### {table}", "",
-                      "| row | run | n | SST | QQP | STS | paper SST / QQP / STS | Δ SST | Δ QQP "
-                      "| Δ STS | reproduces (SST / QQP / STS) |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["", f"### {table}", ""]
+            lines += (["| row | run | n | SST | QQP | STS | paper SST / QQP / STS | Δ SST "
+                       "| Δ QQP | Δ STS | reproduces (SST / QQP / STS) |",
+                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                      if with_paper else
+                      ["| row | run | n | SST | QQP | STS | Δ SST | Δ QQP | Δ STS |",
+                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"])
         paper = " / ".join(f"{row['paper'][t]:.3f}" if t in row["paper"] else "—"
                            for t in TASK_METRICS)
         n = max(row[t]["n"] for t in TASK_METRICS)
         verdicts = " / ".join(row[t]["reproduces"] for t in TASK_METRICS)
         run = f"`{row['run']}`" + (f" (= `{row['same_as']}`)" if row.get("same_as") else "")
-        lines.append(f"| {row['row']} | {run} | {n} | "
-                     + " | ".join(_fmt(row[t]) for t in TASK_METRICS)
-                     + f" | {paper} | " + " | ".join(_fmt_delta(row[t]) for t in TASK_METRICS)
-                     + f" | {verdicts} |")
+        scores = " | ".join(_fmt(row[t]) for t in TASK_METRICS)
+        deltas = " | ".join(_fmt_delta(row[t]) for t in TASK_METRICS)
+        lines.append(f"| {row['row']} | {run} | {n} | {scores} | {paper} | {deltas} | "
+                     f"{verdicts} |" if with_paper else
+                     f"| {row['row']} | {run} | {n} | {scores} | {deltas} |")
     if missing:
         lines += ["", f"Rows without results here: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

@@ -46,6 +46,15 @@ PRECISION_TEXT = {"bf16": "bf16 autocast (heads in fp32)",
                   "fp32": "fp32"}
 
 
+def precision_text(configured: str, ran: str | None) -> str:
+    """``auto`` with what it became on the training machine (unknown for a run before it)."""
+    if configured != "auto":
+        return PRECISION_TEXT[configured]
+    if ran is None:
+        return "auto (bf16 where the device computes it natively, else fp32)"
+    return f"auto: {PRECISION_TEXT[ran]}"
+
+
 
 def mtl_text(mtl: MtlConfig) -> str:
     """The card's line for a TorchJD aggregator / loss weighting (pipeline/aggregation.py)."""
@@ -301,7 +310,7 @@ def _training_section(member: MemberConfig, metrics: Mapping[str, Any]) -> list[
                       + f", betas {tuple(train.betas)}, weight decay "
                       f"{train.weight_decay:g}, {train.warmup_ratio:.0%} linear warmup then "
                       f"linear decay, gradient clipping {train.max_grad_norm:g}"),
-        ("precision", PRECISION_TEXT[train.precision]),
+        ("precision", precision_text(train.precision, metrics.get("precision"))),
         ("losses", losses + (f"; task weights {dict(loss.task_weights)}"
                              if set(loss.task_weights.values()) != {1.0} else "")),
         ("SMART", smart_text),

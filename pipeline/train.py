@@ -51,7 +51,7 @@ from pipeline.checkpoint import (
 )
 from pipeline.config import MemberConfig, check_max_length
 from pipeline.data import capped_index
-from pipeline.device import autocast, grad_scaler, resolve_device
+from pipeline.device import autocast, grad_scaler, resolve_device, resolve_precision
 from pipeline.distributed import SINGLE, GradientSync, World, all_reduce_sum, gather, shard
 from pipeline.errors import UserError, one_line
 from pipeline.evaluate import (
@@ -228,7 +228,8 @@ class Trainer:
         if self.cfg.compile:  # in place: parameter names (checkpoints, saved members) unchanged
             self.model.backbone.compile(dynamic=True)
         self.optimizer = build_optimizer(self.model, member)
-        self.scaler = grad_scaler(self.device, self.cfg.precision)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.train_sets = data.split("train")
         self.select_sets = selection_sets(data.split("dev"), self.cfg.select_rows)
         self.sampled = [task for task, d in data.split("dev").items()
@@ -474,7 +475,7 @@ class Trainer:
                 self.pcgrad.accumulate(task, None)
             for part in parts:
                 batch = collate(self.train_sets[task], part, self.pad_id).to(self.device)
-                with autocast(self.device, self.cfg.precision):
+                with autocast(self.device, self.precision):
                     loss, output = task_step_loss(self.model, batch, self.member)
                 if len(part) != len(batch_index):
                     loss = loss * (len(part) / len(batch_index))
@@ -565,7 +566,7 @@ class Trainer:
             part = (data.rows(int(rows[0]), int(rows[-1]) + 1) if len(rows) else data.rows(0, 0)
                     ) if self.world.distributed else data
             frame = predict(self.model, part, self.cfg.eval_batch_size, self.device,
-                            self.cfg.precision, self.pad_id)
+                            self.precision, self.pad_id)
             frames[task] = (pd.concat(gather(frame, self.world), ignore_index=True)
                             if self.world.distributed else frame)
         labelled = {task: data.labels for task, data in sets.items() if data.labels is not None}
@@ -733,6 +734,7 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.train_seconds, 1),
         "tokenize_seconds": round(tokenize_seconds, 1),
+        "precision": trainer.precision,  # train.precision as it ran (auto: bf16 or fp32)
         "train_examples": {task: len(d) for task, d in trainer.train_sets.items()},
         # What picked the best epoch, and its score on the rows that picked it; `overall`
         # above stays the score over every task of the member.

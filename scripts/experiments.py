@@ -228,7 +228,8 @@ def report(args: argparse.Namespace) -> None:
         results = collect(exp_show, args.scale)
     built = build_report(spec, args.scale, results)
     out = Path(args.out or f"reports/paper_{args.scale}")
-    header = (f"## BEST-FiT's dev tables at the `{args.scale}` scale\n\n"
+    heading = spec.title or "BEST-FiT's dev tables"
+    header = (f"## {heading} at the `{args.scale}` scale\n\n"
               f"Runs: `{args.experiments}` (scale `{args.scale}`); dev scores of the best epoch, "
               f"mean ± sd over seeds. {args.title}".rstrip())
     write_text(to_json(built), out.with_suffix(".json"))

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.config import parse_params
 from pipeline.experiments import (
+    ExperimentsError,
     apply_overrides,
     build_report,
     collect,
@@ -29,12 +30,15 @@ from pipeline.experiments import (
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments" / "paper.yaml"
+BEYOND = ROOT / "experiments" / "beyond.yaml"
 PAPER_TABLES = ROOT.parent / "shared" / "paper" / "tables.yaml"
 
 
-@pytest.mark.parametrize("scale", ["cpu", "paper"])
-def test_every_run_is_a_valid_params_set(scale):
-    spec = load_experiments(EXPERIMENTS)
+@pytest.mark.parametrize(("path", "scale"), [(EXPERIMENTS, "cpu"), (EXPERIMENTS, "paper"),
+                                           (BEYOND, "cpu"), (BEYOND, "paper")],
+                         ids=["paper-cpu", "paper-paper", "beyond-cpu", "beyond-paper"])
+def test_every_run_is_a_valid_params_set(path, scale):
+    spec = load_experiments(path)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for run in spec.scale_runs(scale):
         overrides = run_overrides(spec, scale, run, "/data")
@@ -42,7 +46,7 @@ def test_every_run_is_a_valid_params_set(scale):
         member = params.models["multitask"]
         for key, value in spec.runs[run].items():
             section, *rest = key.split(".")
-            if section in ("train", "model", "smart", "pcgrad", "loss") and len(rest) == 1:
+            if section in ("train", "model", "smart", "pcgrad", "loss", "mtl") and len(rest) == 1:
                 got = getattr(getattr(member, section), rest[0].replace("lambda", "lambda_"))
                 assert got == value, (run, key)
 
@@ -304,3 +308,39 @@ def test_concurrent_jobs_train_on_gpus_of_their_own(tmp_path, monkeypatch, gpus,
         assert {g: gpus_at_once.count(g) for g in gpus_at_once} == expected
     # a job keeps its GPU for all its seeds
     assert all(len({gpu for r, _, gpu in calls if r == run}) == 1 for run, _, _ in calls)
+
+
+def test_a_study_extends_the_papers_base_and_scales(tmp_path):
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump({
+        "base": {"train.lr": 2e-5}, "members": {"double": ["multitask", "sst_single"]},
+        "scales": {"s": {"set": {"train.epochs": 2}, "seeds": [1, 2],
+                         "seeds_for": {"ref": [1, 2, 3], "gone": [1]}, "skip": ["gone"]}},
+        "runs": {"ref": {}, "gone": {}, "double": {}},
+        "tables": {"t": {"reference": "ref", "rows": {"r": {"run": "ref"}}}}}))
+    path = tmp_path / "beyond.yaml"
+    path.write_text(yaml.safe_dump({
+        "extends": "paper.yaml", "title": "Beyond",
+        "runs": {"ref": {}, "up": {"mtl.aggregator": "upgrad"}},
+        "tables": {"t": {"reference": "ref", "rows": {"ref": {"run": "ref"},
+                                                      "up": {"run": "up"}}}}}))
+    spec = load_experiments(path)
+    assert spec.title == "Beyond" and spec.members == {}  # the parent's run `double` is not here
+    assert spec.seeds("s", "ref") == [1, 2, 3] and spec.seeds("s", "up") == [1, 2]
+    assert spec.scale_runs("s") == ["ref", "up"]
+    assert run_overrides(spec, "s", "up")["train.lr"] == 2e-5
+    assert run_overrides(spec, "s", "up")["mtl.aggregator"] == "upgrad"
+
+    def seeds(sst):
+        return {1: {"sst_acc": sst[0], "qqp_acc": 0.8, "sts_pearson": 0.8},
+                2: {"sst_acc": sst[1], "qqp_acc": 0.8, "sts_pearson": 0.8}}
+
+    report = build_report(spec, "s", {"ref": {"multitask": seeds((0.50, 0.52))},
+                                      "up": {"multitask": seeds((0.40, 0.42))}})
+    text = report_markdown(report, "# r")
+    # no paper scores: no paper or verdict columns, Δ against the reference only
+    assert "| row | run | n | SST | QQP | STS | Δ SST | Δ QQP | Δ STS |" in text
+    assert "| up | `up` | 2 | 0.410 ± 0.014 | 0.800 ± 0.000 | 0.800 ± 0.000 | -0.100* |" in text
+    assert "paper" not in text and "reproduces" not in text
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"extends": "missing.yaml"}))
+    with pytest.raises(ExperimentsError, match="missing.yaml is not a file"):
+        load_experiments(tmp_path / "broken.yaml")
