@@ -22,6 +22,8 @@ import copy
 import json
 import math
 import re
+import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +207,33 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
             node = node[part]
         node[leaf] = copy.deepcopy(value)
     return params
+
+
+def dvc_executable() -> str:
+    """The `dvc` beside this Python (the project's environment), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    found = str(beside) if beside.exists() else shutil.which("dvc")
+    if found is None:
+        raise ExperimentsError("dvc: not found beside this Python nor on PATH; run "
+                               "`bash scripts/setup.sh` and use .venv/bin/python")
+    return found
+
+
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """An overrides file's ``set:`` (experiments/cpu_main.yaml) as dotted params keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentsError(f"{path}: unreadable overrides file ({exc})") from None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("set"), Mapping):
+        raise ExperimentsError(f"{path}: expected a mapping with `set:` (params keys → values)")
+    return flatten(raw["set"])
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``dvc exp run -S`` values: ``++`` sets a key whether params.yaml has it or not."""
+    return [f"++{key}={hydra_value(value)}" for key, value in overrides.items()]
 
 
 def hydra_value(value: Any) -> str:

@@ -28,7 +28,8 @@ METRICS_FILE = "metrics.json"
 # What a run's metrics leave to its report: counts and how the best epoch was picked. DVC lists
 # every leaf of a metrics file as a `dvc exp show` column, and these are not scores to compare.
 TRAIN_REPORT_FILE = "train_report.json"
-TRAIN_REPORT_KEYS = ("train_examples", "select", "select_sample", "precision")
+TRAIN_REPORT_KEYS = ("train_examples", "select", "select_sample", "precision",
+                     "stopped_after_epoch")
 
 
 def split_run_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

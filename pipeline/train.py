@@ -67,6 +67,7 @@ from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.pcgrad import PCGrad
 from pipeline.schedule import EpochPlan, plan_epochs
+from pipeline.trial_channel import STOPPED, report_epoch, stop_requested, trial_dir
 
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
@@ -101,6 +102,8 @@ class TrainResult:
     select_metrics: dict[str, float] = field(default_factory=dict)
     # PCGrad's per-step table (PCGrad.step_table) of the first epoch that mixes tasks.
     pcgrad_steps: dict[str, list[float]] = field(default_factory=dict)
+    # The epoch after which a tuning study stopped the run (pipeline/trial_channel.py).
+    stopped_after_epoch: int | None = None
 
 
 @dataclass
@@ -624,6 +627,14 @@ class Trainer:
                            + " " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                            + f" · select {self.member.selection_label} {score:.4f}"
                            + (" (best)" if best else "") + f" · {clock.summary()}")
+                report_epoch(self.member.name, self.cfg.seed, {**record, "select": score})
+            if epoch < self.cfg.epochs and self._stop_requested():
+                result.stopped_after_epoch = epoch
+                if self.world.is_main:
+                    report_epoch(self.member.name, self.cfg.seed, {STOPPED: epoch})
+                    tqdm.write(f"{self.member.name}: the tuning study pruned this trial; "
+                               f"training ends after epoch {epoch}")
+                break
         stamp = self._best_stamp()
         if not self._is_best_of(stamp, result.best_epoch):
             raise CheckpointError(f"{self.best_dir}: not this run's best snapshot (epoch "
@@ -632,6 +643,15 @@ class Trainer:
         if stamp.get("dev") != self.dev_digest:  # sampled, rebuilt, or the dev rows changed
             self._score_best_on_dev()
         return result
+
+    def _stop_requested(self) -> bool:
+        """The study's stop, seen alike by every rank (one may see the file before another)."""
+        if trial_dir() is None:  # not a trial: every rank has the same environment
+            return False
+        flag = torch.tensor([float(stop_requested())], device=self.device)
+        if self.world.distributed:
+            all_reduce_sum(flag, self.world)
+        return bool(flag.item() > 0)
 
     def _score_best_on_dev(self) -> None:
         """The best epoch's model scored on the whole, current dev set, once: it was picked on
@@ -741,6 +761,8 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
         "select": {"by": member.train.select_by, "tasks": member.select_tasks,
                    "score": selection_score(member, result.select_metrics or result.best_metrics)},
     }
+    if result.stopped_after_epoch is not None:
+        metrics["stopped_after_epoch"] = result.stopped_after_epoch
     if result.select_metrics:  # the best epoch's scores on the rows that picked it
         metrics["select_sample"] = {**result.select_metrics,
                                     "rows": {t: len(d) for t, d in trainer.select_sets.items()}}

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import queue as queues
-import shutil
 import subprocess
 import sys
 import threading
@@ -39,10 +38,10 @@ from pipeline.device import visible_gpus
 from pipeline.errors import run_stage
 from pipeline.experiments import (
     DEFAULT_MEMBER,
-    ExperimentsError,
     apply_overrides,
     build_report,
     collect,
+    dvc_executable,
     figure_rows,
     load_experiments,
     queue_command,
@@ -55,16 +54,6 @@ from pipeline.io import write_text
 from pipeline.seeds import scalar_metrics, seed_dir
 
 
-def _dvc() -> str:
-    """The `dvc` beside this Python (the project's environment), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    found = str(beside) if beside.exists() else shutil.which("dvc")
-    if found is None:
-        raise ExperimentsError("dvc: not found beside this Python nor on PATH; run "
-                               "`bash scripts/setup.sh` and use .venv/bin/python")
-    return found
-
-
 def queue(args: argparse.Namespace) -> None:
     spec = load_experiments(args.experiments)
     runs = args.runs.split(",") if args.runs else spec.scale_runs(args.scale)
@@ -72,7 +61,7 @@ def queue(args: argparse.Namespace) -> None:
         command = queue_command(spec, args.scale, run, args.data, args.wordnet)
         print(" ".join(command), flush=True)
         if not args.dry_run:
-            subprocess.run([_dvc(), *command[1:]], check=True)
+            subprocess.run([dvc_executable(), *command[1:]], check=True)
 
 
 def _digest(params: dict, keys: list[str]) -> str:
@@ -223,7 +212,7 @@ def report(args: argparse.Namespace) -> None:
                    for run, members in json.loads(Path(args.results).read_text()).items()}
     else:
         exp_show = json.loads(Path(args.exp_show).read_text()) if args.exp_show else json.loads(
-            subprocess.run([_dvc(), "exp", "show", "--json", "--all-commits"], check=True,
+            subprocess.run([dvc_executable(), "exp", "show", "--json", "--all-commits"], check=True,
                            capture_output=True, text=True).stdout)
         results = collect(exp_show, args.scale)
     built = build_report(spec, args.scale, results)

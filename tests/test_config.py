@@ -37,6 +37,7 @@ from pipeline.config import (
     member_for_seed,
     parse_params,
 )
+from pipeline.experiments import load_overrides, override_args
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 SECTIONS = ("model", "loss", "train", "smart", "pcgrad")
@@ -143,11 +144,17 @@ def test_every_config_field_has_a_key_in_params_yaml():
 
 
 def run_cpu_overrides() -> dict[str, str]:
-    """The `-S key=value` overrides of scripts/run_cpu.sh's `dvc exp run` (`++` kept)."""
-    text = (PARAMS_YAML.parent / "scripts" / "run_cpu.sh").read_text()
+    """The `-S key=value` overrides of scripts/run_cpu.sh's `dvc exp run` (`++` kept): its own
+    and those of experiments/cpu_main.yaml, which it passes through scripts/overrides.py."""
+    root = PARAMS_YAML.parent
+    text = (root / "scripts" / "run_cpu.sh").read_text()
+    assert "python scripts/overrides.py experiments/cpu_main.yaml" in text
     command = text[text.index("time dvc exp run"):text.index('"$@"')].replace("\\\n", " ")
     tokens = shlex.split(command)
-    return dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens) if t == "-S")
+    own = dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens)
+               if t == "-S" and "$" not in tokens[i + 1])
+    args = override_args(load_overrides(root / "experiments" / "cpu_main.yaml"))
+    return {**own, **dict(arg.split("=", 1) for arg in args)}
 
 
 def test_run_cpu_overrides_still_apply():

@@ -1,0 +1,100 @@
+"""An Optuna study over the DVC pipeline: every trial one DVC experiment (pipeline/tune.py).
+
+    python scripts/tune.py run --spec experiments/tune_cpu.yaml --data ../shared/data \
+        [--trials N] [--wordnet data/nltk_data]
+    python scripts/tune.py show --spec experiments/tune_cpu.yaml [--out reports/tune_cpu]
+
+`run` runs trials until the study (its storage: the spec's, SQLite by default) holds the spec's
+number of finished trials, over every worker: start `run` again in another shell (or on another
+machine with a shared RDB storage) for a second worker, or after a kill to resume. `show` prints
+every trial and the best, and writes `<out>.json` and `<out>.png` (the optimisation history, or
+the Pareto front of a multi-objective study). `optuna-dashboard <storage URL>` browses the same
+study live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import matplotlib
+import yaml
+
+from pipeline.errors import run_stage
+from pipeline.experiments import dvc_executable
+from pipeline.io import atomic_path, write_text
+from pipeline.tune import (
+    TrialRun,
+    build_study,
+    exp_command,
+    exp_metrics,
+    format_summary,
+    load_spec,
+    run_study,
+    summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_paths(data: Path | None, wordnet: Path | None) -> dict[str, str]:
+    """Machine-local inputs as absolute paths: a trial runs in a temporary copy of the
+    repository that holds only its git-tracked files."""
+    paths = {}
+    if data is not None:
+        paths["data.source"] = str((data / "cs224n").resolve())
+        paths["augment.reviews.source"] = str((data / "amazon").resolve())
+    if wordnet is not None:
+        paths["augment.eda.wordnet_dir"] = str(wordnet.resolve())
+    return paths
+
+
+def run(args: argparse.Namespace) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    spec = load_spec(args.spec, ROOT, params)
+    spec = dataclasses.replace(spec, set={**spec.set, **local_paths(args.data, args.wordnet)})
+    dvc = dvc_executable()
+    trial_run = TrialRun(command=lambda name, overrides: exp_command(name, overrides, dvc),
+                         metrics=lambda name: exp_metrics(name, dvc))
+    study = run_study(spec, trial_run, params, args.trials)
+    print(format_summary(summary(study, spec)))
+
+
+def show(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec, ROOT)
+    study = build_study(spec)
+    report = summary(study, spec)
+    print(format_summary(report))
+    out = Path(args.out or f"reports/tune_{spec.study}")
+    write_text(json.dumps(report, indent=2) + "\n", out.with_suffix(".json"))
+    if not any(t["state"] == "COMPLETE" for t in report["trials"]):
+        return
+    matplotlib.use("Agg")
+    import optuna.visualization.matplotlib as plots
+
+    ax = (plots.plot_optimization_history(study) if len(spec.objectives) == 1
+          else plots.plot_pareto_front(study, target_names=spec.objectives))
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        ax.figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    print(f"wrote {out}.json, {out}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    r = commands.add_parser("run", help="run trials until the study has enough")
+    r.add_argument("--spec", type=Path, required=True)
+    r.add_argument("--data", type=Path, help="directory holding cs224n/ and amazon/")
+    r.add_argument("--wordnet", type=Path, default=ROOT / "data" / "nltk_data")
+    r.add_argument("--trials", type=int, help="finished trials to reach (default the spec's)")
+    s = commands.add_parser("show", help="print the trials; write the JSON and the PNG")
+    s.add_argument("--spec", type=Path, required=True)
+    s.add_argument("--out", help="output path without suffix (default reports/tune_<study>)")
+    args = parser.parse_args(argv)
+    {"run": run, "show": show}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_stage("tune", main)
