@@ -36,7 +36,7 @@ from pipeline.tune import (
     summary,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(".")  # the DVC repository the study runs in: run from its root
 
 
 def local_paths(data: Path | None, wordnet: Path | None) -> dict[str, str]:
@@ -52,7 +52,7 @@ def local_paths(data: Path | None, wordnet: Path | None) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(Path("params.yaml").read_text())
     spec = load_spec(args.spec, ROOT, params)
     spec = dataclasses.replace(spec, set={**spec.set, **local_paths(args.data, args.wordnet)})
     dvc = dvc_executable()
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     r = commands.add_parser("run", help="run trials until the study has enough")
     r.add_argument("--spec", type=Path, required=True)
     r.add_argument("--data", type=Path, help="directory holding cs224n/ and amazon/")
-    r.add_argument("--wordnet", type=Path, default=ROOT / "data" / "nltk_data")
+    r.add_argument("--wordnet", type=Path, default=Path("data/nltk_data"),
+                   help="the NLTK data dir EDA reads (scripts/setup_wordnet.sh writes it)")
     r.add_argument("--trials", type=int, help="finished trials to reach (default the spec's)")
     s = commands.add_parser("show", help="print the trials; write the JSON and the PNG")
     s.add_argument("--spec", type=Path, required=True)

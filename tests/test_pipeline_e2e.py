@@ -285,3 +285,43 @@ def test_queued_experiments_reach_their_data(project):
         trained[name] = read_run(project / "models" / "multitask" / "seed_11")
     assert trained["resampled"]["train_examples"]["sst"] == 40  # the resampled rows
     assert trained["faster"]["train_examples"]["sst"] == sst_rows > 40
+
+
+def test_a_tuning_study_runs_each_trial_as_a_dvc_experiment(project, tmp_path):
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(yaml.safe_dump({
+        "study": "tiny", "storage": f"sqlite:///{tmp_path / 'tiny.db'}",
+        "objectives": ["overall"], "trials": 2, "set": {"seeds": [11]},
+        "space": {"models.multitask.train.lr": {"choices": [3e-4, 1e-3]}},
+        "sampler": {"seed": 0}}))
+    wordnet = (project / "data" / "nltk_data").resolve()
+    out = run([sys.executable, str(ROOT / "scripts" / "tune.py"), "run", "--spec", str(spec),
+               "--wordnet", str(wordnet)], project)
+    assert "study tiny: 2 trials" in out
+    report_path = tmp_path / "tiny"
+    run([sys.executable, str(ROOT / "scripts" / "tune.py"), "show", "--spec", str(spec),
+         "--out", str(report_path)], project)
+    report = json.loads(report_path.with_suffix(".json").read_text())
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert report_path.with_suffix(".png").stat().st_size > 0
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                if rev["name"].startswith("tiny-"):
+                    found[rev["name"]] = rev["data"]
+    names = {t["experiment"] for t in report["trials"] if "same_as" not in t}
+    assert names and names <= set(found)  # every trial that ran is an experiment
+    for trial in report["trials"]:
+        if "same_as" in trial:
+            continue
+        data = found[trial["experiment"]]
+        assert data["metrics"]["metrics.json"]["data"]["overall"] == pytest.approx(
+            trial["overall"])
+        lr = data["params"]["params.yaml"]["data"]["models"]["multitask"]["train"]["lr"]
+        assert lr == trial["params"]["models.multitask.train.lr"]
+        # reproducible: applying the experiment puts its values in the workspace
+        run(["dvc", "exp", "apply", trial["experiment"]], project)
+        applied = yaml.safe_load((project / "params.yaml").read_text())
+        assert applied["models"]["multitask"]["train"]["lr"] == lr
