@@ -11,11 +11,13 @@ from a generator seeded alike on every rank), under data parallelism, gradient a
 fp16/bf16, as PCGrad does.
 
 A loss weighting ("scalarization": uncertainty weighting, Kendall et al. 2018, CVPR; DWA, Liu et
-al. 2019, CVPR) is a scalar S(L_1, …, L_K) of the task losses. Its gradient is
-Σ_j (∂S/∂L_j) ∇L_j: the rows are scaled by λ_j = ∂S/∂L_j (autograd on the step's summed,
-reduced task losses), J' = diag(λ) J, G' = diag(λ) G diag(λ), before the aggregator (``sum``
-when none is chosen); each head's gradient is scaled by its task's λ, and S's own parameters
-(UW's log-variances) get their gradient from the same S.
+al. 2019, CVPR; FAMO, Liu et al. 2023, NeurIPS) is a scalar S(L_1, …, L_K) of the task
+losses. Its gradient is Σ_j (∂S/∂L_j) ∇L_j: the rows are scaled by λ_j = ∂S/∂L_j (autograd
+on the step's summed, reduced task losses), J' = diag(λ) J, G' = diag(λ) G diag(λ), before
+the aggregator (``sum`` when none is chosen); each head's gradient is scaled by its task's λ,
+and S's own parameters (UW's log-variances) get their gradient from the same S. FAMO learns
+its task logits itself, from the step's losses recomputed on the same batches after the update
+(``update_after``).
 
 Statistics (the paper's Figure 4, for any aggregator), from G and w: per step, the weight of
 each task (``weight/<task>``), the cosine between the update d and each task's gradient
@@ -34,7 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import MtlConfig
-from pipeline.mtl_methods import build_aggregator, build_weighting, row_weighting
+from pipeline.distributed import all_reduce_sum
+from pipeline.mtl_methods import (
+    LEARNED_WITH_MODEL,
+    build_aggregator,
+    build_weighting,
+    row_weighting,
+)
 from pipeline.pcgrad import PCGrad
 
 MTL_STEPS_FILE = "mtl_steps.tsv"  # step_table()'s file in a member's DVCLive dir
@@ -44,6 +52,8 @@ def _plain(value):
     raise TypeError for anything else."""
     if value is None or isinstance(value, (bool, int, float, str, Tensor)):
         return value
+    if isinstance(value, torch.optim.Optimizer):  # FAMO's own Adam over its logits
+        return {"optimizer": type(value).__name__, "state": value.state_dict()}
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     if isinstance(value, torch.dtype):  # GradVac's state key (tasks, dtype)
@@ -102,6 +112,13 @@ def load_module_state(module: nn.Module, state: dict) -> None:
             value = value.to(current.device)
         if isinstance(current, nn.Parameter):
             continue  # in state_dict
+        if isinstance(value, dict) and set(value) == {"optimizer", "state"}:
+            groups = value["state"]["param_groups"]
+            optimizer = getattr(torch.optim, value["optimizer"])(  # options: from the state
+                list(subs[sub_name].parameters()), lr=groups[0]["lr"])
+            optimizer.load_state_dict(value["state"])
+            setattr(subs[sub_name], key, optimizer)
+            continue
         setattr(subs[sub_name], key, _unplain(value))
 
 
@@ -117,6 +134,7 @@ class AggregatedGradients(PCGrad):
         self.aggregator = build_aggregator(mtl, len(tasks))
         self.kind, self.weighting = row_weighting(self.aggregator)
         self.scalarizer = build_weighting(mtl, len(tasks))
+        self.weighting_name = mtl.weighting
         self.heads = heads or {}
         self.grad_scale = 1.0  # the fp16 loss scale the rows carry (set per step)
         self._weights_log: list[np.ndarray] = []
@@ -126,7 +144,23 @@ class AggregatedGradients(PCGrad):
         self._lambdas: list[np.ndarray] = []
 
     def scalarizer_parameters(self) -> list[nn.Parameter]:
-        return list(self.scalarizer.parameters()) if self.scalarizer is not None else []
+        """The weighting's parameters the model's optimiser learns (UW's log-variances)."""
+        if self.scalarizer is None or self.weighting_name not in LEARNED_WITH_MODEL:
+            return []
+        return list(self.scalarizer.parameters())
+
+    @property
+    def needs_losses_after(self) -> bool:
+        """FAMO: the step's task losses again, after the update, on the same batches."""
+        return callable(getattr(self.scalarizer, "update", None))
+
+    def update_after(self, losses: dict[str, Tensor], world) -> None:
+        """Hand FAMO the step's task losses recomputed after the update (summed over the
+        data-parallel ranks, as the losses before it were)."""
+        after = torch.stack([losses[t].detach().to(self._dtype) for t in self.tasks])
+        if world.distributed:
+            all_reduce_sum(after, world)
+        self.scalarizer.update(after.double().cpu())
 
     def loss_scales(self, names: list[str]) -> np.ndarray:
         """λ_j = ∂S/∂L_j at the step's (reduced) task losses; S's own parameters get their

@@ -278,7 +278,7 @@ class PcgradConfig:
 # TorchJD's aggregators and loss weightings that bestfit wires (pipeline/aggregation.py).
 Aggregator = Literal["sum", "mean", "random", "upgrad", "mgda", "dualproj", "imtl_g",
                      "aligned_mtl", "pcgrad", "gradvac", "pcd", "fairgrad", "cagrad", "nash_mtl"]
-LossWeighting = Literal["fixed", "uw", "dwa"]
+LossWeighting = Literal["fixed", "uw", "dwa", "famo"]
 
 
 @dataclass(frozen=True)

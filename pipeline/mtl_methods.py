@@ -34,7 +34,11 @@ AGGREGATORS: dict[str, Callable[..., jd.Aggregator]] = {
 WEIGHTINGS: dict[str, Callable[..., jds.Scalarizer]] = {
     "uw": jds.UW,
     "dwa": jds.DWA,
+    "famo": jds.FAMO,
 }
+# Weightings whose parameters learn with the model's optimiser (UW's log-variances); FAMO steps
+# its logits itself, from the losses recomputed after each update (``update``).
+LEARNED_WITH_MODEL = ("uw",)
 # Constructor arguments bestfit fills in itself.
 _GIVEN = {"n_tasks", "shape"}
 INSTALL_HINT = "install bestfit's optional extra: pip install -e '.[mtl]'"

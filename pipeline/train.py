@@ -469,11 +469,13 @@ class Trainer:
         (``pipeline.distributed``) in ``grad_accum`` micro-batches. A part of n examples of a
         batch of B weighs its mean loss by n/B, so the summed gradients are the batch mean's."""
         self.optimizer.zero_grad(set_to_none=True)
+        taken = []  # (task, this rank's parts, the batch's size): FAMO reads them again
         for task in step_tasks:
             batch_index = next(iterators[task])
             index = shard(batch_index, self.world)
             progress.loss_sums[task][1] += 1
             parts = [part for part in np.array_split(index, self.cfg.grad_accum) if len(part)]
+            taken.append((task, parts, len(batch_index)))
             if not parts and self.pcgrad:  # fewer examples than ranks: zero gradients here
                 self.pcgrad.accumulate(task, None)
             for part in parts:
@@ -502,6 +504,21 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when an fp16 gradient overflowed
         self.scaler.update()
         self.scheduler.step()
+        if isinstance(self.pcgrad, AggregatedGradients) and self.pcgrad.needs_losses_after:
+            self.pcgrad.update_after(self._losses_after(taken), self.world)
+
+    def _losses_after(self, taken: list) -> dict[str, torch.Tensor]:
+        """The step's task losses on the same batches after its update (FAMO), weighed as the
+        step weighed its parts; no gradient."""
+        losses = {task: torch.zeros((), device=self.device) for task in self.member.tasks}
+        with torch.no_grad():
+            for task, parts, size in taken:
+                for part in parts:
+                    batch = collate(self.train_sets[task], part, self.pad_id).to(self.device)
+                    with autocast(self.device, self.precision):
+                        loss, _ = task_step_loss(self.model, batch, self.member)
+                    losses[task] += loss.float() * (len(part) / size)
+        return losses
 
     def train_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict[str, float]:
         """Train ``epoch`` from its start, or from ``progress`` (a resumed checkpoint's)."""

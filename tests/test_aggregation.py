@@ -17,6 +17,7 @@ from torch import nn
 from pipeline.aggregation import AggregatedGradients
 from pipeline.checkpoint import load_state, save_state
 from pipeline.config import Aggregator, ConfigError, LossWeighting, MtlConfig, load_params
+from pipeline.distributed import SINGLE
 from pipeline.mtl_methods import AGGREGATORS, WEIGHTINGS, build_aggregator, check_mtl
 from pipeline.pcgrad import PCGrad
 
@@ -68,7 +69,15 @@ def bestfit_step(model: Toy, combiner: PCGrad, step: int) -> torch.Tensor:
     for task, loss in model.losses(step).items():
         combiner.accumulate(task, loss, loss)
     combiner.combine()
-    return torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()])
+    grad = torch.cat([p.grad.reshape(-1) for p in model.shared_parameters()])
+    if isinstance(combiner, AggregatedGradients) and combiner.needs_losses_after:
+        # FAMO: the same batches' losses after the update (here, a fixed small step)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(1e-2 * p.grad)
+        combiner.update_after(model.losses(step), SINGLE)
+    return grad
 
 
 def aggregated(model: Toy, mtl: MtlConfig, seed: int = 7) -> AggregatedGradients:
@@ -197,21 +206,44 @@ def test_dwa_weights_follow_the_epoch_loss_ratios():
     assert not np.allclose(lam.numpy(), 1.0)  # the later epochs weigh the tasks apart
 
 
+def test_famo_weights_and_updates_as_torchjd_famo():
+    model, twin = Toy(seed=8), Toy(seed=8)
+    combiner = aggregated(model, MtlConfig(weighting="famo", weighting_options={"lr": 0.1}))
+    famo = jds.FAMO(3, lr=0.1)
+    assert combiner.scalarizer_parameters() == []  # FAMO steps its logits itself
+    for step in range(4):
+        matrix, losses = jacobian(twin, step)
+        vector = torch.stack([losses[t] for t in TASKS])
+        lam = torch.autograd.functional.jacobian(lambda v: famo(v), vector)
+        got = bestfit_step(model, combiner, step)
+        np.testing.assert_allclose(got.numpy(), (lam @ matrix).numpy(), rtol=1e-6)
+        with torch.no_grad():  # the twin takes the same update, then FAMO reads its losses
+            for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+                q.copy_(p)
+        famo.update(torch.stack([twin.losses(step)[t] for t in TASKS]).detach())
+        np.testing.assert_allclose(combiner.scalarizer._w.detach().numpy(),
+                                   famo._w.detach().numpy(), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(famo._w.detach().numpy(), 0.0)  # the logits moved
+
+
 @pytest.mark.parametrize("mtl", [
     MtlConfig(aggregator="gradvac"),
     MtlConfig(aggregator="random", weighting="dwa"),
     MtlConfig(aggregator="upgrad", weighting="uw"),
-], ids=["gradvac", "random+dwa", "upgrad+uw"])
+    MtlConfig(aggregator="mgda", weighting="famo"),
+], ids=["gradvac", "random+dwa", "upgrad+uw", "mgda+famo"])
 def test_state_round_trips_through_a_checkpoint_and_replays(mtl, tmp_path):
     model = Toy(seed=4)
     straight = aggregated(model, mtl)
     for step in range(3):
         bestfit_step(model, straight, step)
         straight.end_epoch()
-    save_state({"mtl": straight.state_dict()}, tmp_path / "ckpt")
+    save_state({"mtl": straight.state_dict(), "model": model.state_dict()}, tmp_path / "ckpt")
     later = [bestfit_step(model, straight, step).clone() for step in range(3, 6)]
+    state = load_state(tmp_path / "ckpt")
+    model.load_state_dict(state["model"])  # FAMO's steps moved it
     resumed = aggregated(model, mtl, seed=99)  # the generator's state comes from the file
-    resumed.load_state_dict(load_state(tmp_path / "ckpt")["mtl"])
+    resumed.load_state_dict(state["mtl"])
     for step, expected in zip(range(3, 6), later, strict=True):
         assert torch.equal(bestfit_step(model, resumed, step), expected)
     assert resumed.step_table().equals(straight.step_table())

@@ -45,10 +45,11 @@ from pipeline.train import CHECKPOINT_DIR, Trainer
 
 # 11 rows at batch 5: batches of 5, 5 and 1 — shards of 3 + 2 and of 1 + 0 (an empty one).
 ROWS, BATCH = 11, 5
-VARIANTS = ("plain", "pcgrad", "smart", "upgrad_uw", "random_dwa")
+VARIANTS = ("plain", "pcgrad", "smart", "upgrad_uw", "random_dwa", "mean_famo")
 # TorchJD's aggregator and loss weighting of each per-task-gradient variant (pipeline/aggregation)
 MTL_VARIANTS = {"upgrad_uw": MtlConfig(aggregator="upgrad", weighting="uw", weighting_lr=0.05),
-                "random_dwa": MtlConfig(aggregator="random", weighting="dwa")}
+                "random_dwa": MtlConfig(aggregator="random", weighting="dwa"),
+                "mean_famo": MtlConfig(aggregator="mean", weighting="famo")}
 # How far two runs' dev predictions (values, class probabilities) may differ; their scores may
 # then differ as much as those predictions allow (metric_bounds).
 PREDICTIONS = 1e-4

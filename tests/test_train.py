@@ -134,7 +134,9 @@ def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
 RESUMED_MTL = {"plain": None,
                # UW's log-variances in the optimiser; GradVac's and DWA's running state
                "upgrad_uw": MtlConfig(aggregator="upgrad", weighting="uw", weighting_lr=0.05),
-               "gradvac_dwa": MtlConfig(aggregator="gradvac", weighting="dwa")}
+               "gradvac_dwa": MtlConfig(aggregator="gradvac", weighting="dwa"),
+               # FAMO's own Adam and its losses recomputed after each update
+               "mean_famo": MtlConfig(aggregator="mean", weighting="famo")}
 
 
 @pytest.mark.parametrize("variant", RESUMED_MTL)
