@@ -224,6 +224,9 @@ class TrainConfig:
     # same for every run), e.g. {qqp: 2000}: the best epoch is picked on them and its model is
     # then scored on the whole dev set once. {}: every epoch on the whole dev set.
     select_rows: dict[str, Positive] = field(default_factory=dict)
+    # Each task's predictions from that task's own best epoch (its metric on the same rows),
+    # instead of all from the epoch select_by picks; the model saved stays that epoch's.
+    select_per_task: bool = False
     # A resumable checkpoint (model, optimiser, data position, RNG states) every this many steps
     # and/or minutes, and at every epoch's end; null turns that trigger off.
     checkpoint_steps: Positive | None = None

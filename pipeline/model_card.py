@@ -266,6 +266,13 @@ def _results_section(member: MemberConfig, metrics: Mapping[str, Any],
                  + ", ".join(f"{t}: {n}" for t, n in sampled.items())
                  + "); its model was then scored on the whole dev set" if sampled else "")
               + ", so these dev scores are optimistic estimates of unseen-data performance."]
+    own = metrics.get("task_best_epoch") or {}
+    if own:  # train.select_per_task
+        lines += ["", "Each task's predictions (and its score above) come from that task's own "
+                  "best epoch by its metric: " + ", ".join(f"{t} epoch {e}" for t, e in own.items())
+                  + f" (train.select_per_task); the model in this directory is epoch "
+                  f"{metrics.get('best_epoch')}'s: loaded alone, it predicts every task as that "
+                  f"epoch did."]
     return lines
 
 

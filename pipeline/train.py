@@ -67,11 +67,13 @@ from pipeline.objective import task_step_loss
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.pcgrad import PCGrad
 from pipeline.schedule import EpochPlan, plan_epochs
+from pipeline.tasks import overall_score
 from pipeline.trial_channel import STOPPED, report_epoch, stop_requested, trial_dir
 
 CHECKPOINT_DIR = "last"  # in the member's checkpoint dir; pipeline.checkpoint's format
 LEGACY_CHECKPOINT = "last.pt"  # a pickle of earlier versions: never loaded
 BEST_DIR = "best"
+TASK_BEST_DIR = "task_best"  # train.select_per_task: <task>-<epoch>/model, one per task
 BEST_STAMP = "run.json"  # in best/: the run's fingerprint, epoch, and its predictions' dev rows
 SHIPPED = "shipped.json"  # in the checkpoint dir: the finished run's outputs were committed
 CHECKPOINT_FORMAT = 1
@@ -104,6 +106,8 @@ class TrainResult:
     pcgrad_steps: dict[str, list[float]] = field(default_factory=dict)
     # The epoch after which a tuning study stopped the run (pipeline/trial_channel.py).
     stopped_after_epoch: int | None = None
+    # train.select_per_task: each task's best [score, epoch] by its own metric so far.
+    task_best: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Trainer:
         # Both live in the persistent checkpoint dir: a run killed after training but before
         # writing its outputs resumes with nothing to redo.
         self.best_dir = Path(checkpoint_dir) / BEST_DIR
+        self.task_best_dir = Path(checkpoint_dir) / TASK_BEST_DIR
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_DIR
         self.legacy_checkpoint = Path(checkpoint_dir) / LEGACY_CHECKPOINT
         self.live = live
@@ -384,6 +389,8 @@ class Trainer:
             log.warning("%s: a pickle checkpoint of an earlier version; not loaded (pickles can "
                         "run code), training from the start", self.legacy_checkpoint)
         if not self.checkpoint_path.exists():
+            if self.world.is_main:
+                shutil.rmtree(self.task_best_dir, ignore_errors=True)
             if self.best_dir.exists():  # not this run's: never ship it
                 log.warning("%s: a best snapshot without its run's checkpoint; removed, "
                             "training from the start", self.best_dir)
@@ -396,6 +403,7 @@ class Trainer:
                         self.checkpoint_path)
             if self.world.is_main:
                 shutil.rmtree(self.best_dir, ignore_errors=True)
+                shutil.rmtree(self.task_best_dir, ignore_errors=True)
             return 0, None
         try:
             rebuild = self._check_resumable(state, self._best_stamp())
@@ -413,7 +421,14 @@ class Trainer:
             raise CheckpointError(
                 f"{self.checkpoint_path}: does not fit this run ({one_line(exc)}"
                 f"); delete {self.checkpoint_path.parent} to start afresh") from None
+        missing = [f"{t} (epoch {e})" for t, e in self.task_epochs().items()
+                   if not (self.task_snapshot(t, e) / "model").is_dir()]
+        if missing:
+            raise CheckpointError(f"{self.task_best_dir}: no snapshot of the best epoch of "
+                                  f"{', '.join(missing)}; delete {self.checkpoint_path.parent} "
+                                  f"to start afresh")
         self.world.barrier()  # every rank has read best/'s stamp before rank 0 rewrites it
+        self._drop_task_snapshots()
         if rebuild:  # the checkpoint's model is its best epoch's; scored at the end of fit
             log.info("%s: rebuilt from the checkpoint of its best epoch %d", self.best_dir,
                      state["epoch"])
@@ -633,9 +648,16 @@ class Trainer:
                                                                       result.best_metrics)
             if best:
                 result.best_metrics, result.best_epoch = metrics, epoch
+            # A task's new best snapshot before the checkpoint that names it: a kill between
+            # leaves a snapshot no checkpoint names, removed on resume.
+            improved = self._task_improvements(metrics, epoch)
+            for task in improved:
+                self._save_task_snapshot(task, epoch)
             # The checkpoint first: it holds the new best epoch's model, so a kill before its
             # snapshot is written is repaired from it on resume (_load_checkpoint).
             self._save_checkpoint(epoch)
+            if improved:
+                self._drop_task_snapshots()
             if best:
                 self._save_best(None if self.sampled else dev_predictions, epoch)
             if self.world.is_main:  # what a user waits for, as it comes
@@ -660,6 +682,43 @@ class Trainer:
         if stamp.get("dev") != self.dev_digest:  # sampled, rebuilt, or the dev rows changed
             self._score_best_on_dev()
         return result
+
+    # -- train.select_per_task ------------------------------------------------------------
+    def _task_improvements(self, metrics: dict[str, float], epoch: int) -> list[str]:
+        """The tasks whose own metric is the best so far at ``epoch`` (recorded in the result,
+        which the epoch's checkpoint holds)."""
+        if not self.cfg.select_per_task:
+            return []
+        improved = []
+        for task in self.member.tasks:
+            score = metrics[self.member.specs[task].metric_name]
+            best = self.result.task_best.get(task)
+            if best is None or score > best[0]:
+                self.result.task_best[task] = [score, epoch]
+                improved.append(task)
+        return improved
+
+    def task_snapshot(self, task: str, epoch: int) -> Path:
+        return self.task_best_dir / f"{task}-{epoch}"
+
+    def _save_task_snapshot(self, task: str, epoch: int) -> None:
+        if self.world.is_main:
+            with atomic_path(self.task_snapshot(task, epoch)) as tmp:
+                save_member(self.model, self.member, self.tokenizer, tmp / "model")
+        self.world.barrier()
+
+    def _drop_task_snapshots(self) -> None:
+        """Remove the snapshots no task's best epoch names (superseded, or a killed epoch's)."""
+        if self.world.is_main and self.task_best_dir.is_dir():
+            kept = {self.task_snapshot(t, e).name for t, (_, e) in self.result.task_best.items()}
+            for path in self.task_best_dir.iterdir():
+                if path.name not in kept:
+                    shutil.rmtree(path, ignore_errors=True)
+        self.world.barrier()
+
+    def task_epochs(self) -> dict[str, int]:
+        """Each task's own best epoch (train.select_per_task), else {}."""
+        return {t: e for t, (_, e) in self.result.task_best.items()}
 
     def _stop_requested(self) -> bool:
         """The study's stop, seen alike by every rank (one may see the file before another)."""
@@ -729,7 +788,7 @@ def discard_shipped(checkpoint_dir: Path) -> None:
         return
     log.warning("%s: a finished run whose outputs were committed (%s); not resumed, training "
                 "afresh", checkpoint_dir, marker.name)
-    for name in (CHECKPOINT_DIR, BEST_DIR):
+    for name in (CHECKPOINT_DIR, BEST_DIR, TASK_BEST_DIR):
         clean_leftovers(Path(checkpoint_dir) / name)  # no old copy set aside to come back
         shutil.rmtree(Path(checkpoint_dir) / name, ignore_errors=True)
     marker.unlink()
@@ -747,6 +806,9 @@ class TrainedMember:
     metrics: dict[str, object]
     best_dir: Path
     test_predictions: dict[str, pd.DataFrame]
+    # train.select_per_task: a task's dev and test predictions from its own best epoch, where
+    # that is not the saved model's epoch ({task: {"dev": frame, "test": frame}}).
+    task_predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
 
 
 def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]],
@@ -784,5 +846,34 @@ def train_member(member: MemberConfig, frames: dict[str, dict[str, pd.DataFrame]
         metrics["select_sample"] = {**result.select_metrics,
                                     "rows": {t: len(d) for t, d in trainer.select_sets.items()}}
     test_predictions, _ = trainer.evaluate("test")
+    task_predictions = per_task_predictions(trainer, metrics)
     return TrainedMember(member, trainer.model, result, metrics, trainer.best_dir,
-                         test_predictions)
+                         test_predictions, task_predictions)
+
+
+def per_task_predictions(trainer: Trainer, metrics: dict) -> dict[str, dict[str, pd.DataFrame]]:
+    """train.select_per_task: every task whose own best epoch is not the saved model's is
+    predicted (dev, test) by that epoch's snapshot, and its dev score in ``metrics`` replaced
+    by that one's (``overall`` recomputed, ``task_best_epoch`` added); the model is then that
+    of the best epoch again. Collective under data parallelism."""
+    epochs = trainer.task_epochs()
+    if not epochs:
+        return {}
+    member, result = trainer.member, trainer.result
+    metrics["task_best_epoch"] = epochs
+    found = {}
+    for task, epoch in epochs.items():
+        if epoch == result.best_epoch:
+            continue
+        load_member_weights(trainer.model, trainer.task_snapshot(task, epoch) / "model")
+        frames, scores = trainer._evaluate({task: trainer.data.split("dev")[task]})
+        found[task] = {"dev": frames[task]}
+        test = trainer.data.split("test")
+        if task in test:
+            found[task]["test"] = trainer._evaluate({task: test[task]})[0][task]
+        name = member.specs[task].metric_name
+        metrics[name] = scores[name]
+    if found:
+        metrics["overall"] = overall_score(member.specs, metrics)
+        load_member_weights(trainer.model, trainer.best_dir / "model")
+    return found

@@ -38,7 +38,13 @@ from pipeline.io import atomic_outputs, recover_outputs, write_json, write_parqu
 from pipeline.model_card import write_cards
 from pipeline.pcgrad import PCGRAD_STEPS_FILE
 from pipeline.seeds import METRICS_FILE, TRAIN_REPORT_FILE, split_run_metrics
-from pipeline.train import TrainedMember, discard_shipped, mark_shipped, train_member
+from pipeline.train import (
+    TASK_BEST_DIR,
+    TrainedMember,
+    discard_shipped,
+    mark_shipped,
+    train_member,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +72,9 @@ def write_outputs(trained: TrainedMember, out_dir: Path) -> None:
         shutil.copytree(trained.best_dir / "predictions", tmp["predictions"])
         for task, frame in trained.test_predictions.items():
             write_parquet(frame, tmp["predictions"] / f"{task}_test.parquet")
+        for task, splits in trained.task_predictions.items():  # train.select_per_task
+            for split, frame in splits.items():
+                write_parquet(frame, tmp["predictions"] / f"{task}_{split}.parquet")
         metrics, report = split_run_metrics(trained.metrics)
         write_json(metrics, tmp[METRICS_FILE])
         write_json(report, tmp[TRAIN_REPORT_FILE])
@@ -95,6 +104,8 @@ def run(member, frames, out_dir: Path, checkpoint_dir: Path, live=None,
                    Path(live.dir) / name)
     write_outputs(trained, out_dir)
     mark_shipped(checkpoint_dir, out_dir)
+    # The per-task snapshots served only the predictions now written (select_per_task).
+    shutil.rmtree(checkpoint_dir / TASK_BEST_DIR, ignore_errors=True)
     return trained.metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import load_stage
 from metric_bounds import assert_scores_follow_predictions
 
 from pipeline.batching import collate, tokenize_member_data
+from pipeline.checkpoint import CheckpointError, load_state
 from pipeline.config import MtlConfig, parse_params
 from pipeline.evaluate import predict, score_predictions
 from pipeline.losses import contrastive_loss, task_loss
@@ -249,6 +251,111 @@ def test_the_train_stage_writes_the_outputs(tiny_bert, tmp_path):
     np.testing.assert_allclose(sst[[f"p{k}" for k in range(5)]].sum(axis=1), 1.0, rtol=1e-5)
     assert (out / "model" / "heads.safetensors").exists()
     assert not [p for p in out.rglob(".*")]  # no temporary leftovers
+
+
+def scripted_selection(monkeypatch, scores: dict[int, dict[str, float]]) -> None:
+    """Per-epoch selection scores as given (epoch → metric → value), whatever the model
+    predicts; every other evaluation (the whole dev set, test) is the model's own."""
+    original = Trainer._evaluate
+    epochs = iter(sorted(scores))
+
+    def evaluate(self, sets):
+        frames, metrics = original(self, sets)
+        if sets is self.select_sets:
+            metrics = {**metrics, **scores[next(epochs)]}
+        return frames, metrics
+
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+
+
+def test_each_task_predicts_from_its_own_best_epoch(tiny_bert, tmp_path, monkeypatch):
+    member = member_for(tiny_bert, epochs=3)
+    member = dataclasses.replace(member, train=dataclasses.replace(
+        member.train, select_per_task=True, select_by="overall"))
+    # sst peaks at epoch 1, qqp at 2, sts and the overall ((sst + qqp + (sts + 1) / 2) / 3:
+    # 0.52, 0.57, 0.68) at 3
+    scripted_selection(monkeypatch, {
+        1: {"sst_acc": 0.9, "qqp_acc": 0.1, "sts_pearson": 0.1},
+        2: {"sst_acc": 0.2, "qqp_acc": 0.9, "sts_pearson": 0.2},
+        3: {"sst_acc": 0.5, "qqp_acc": 0.6, "sts_pearson": 0.9}})
+    frames = synthetic_frames(12, 5)
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    at_checkpoint, after_drop = [], []
+    save, drop = Trainer._save_checkpoint, Trainer._drop_task_snapshots
+
+    def listing(self, epoch, progress=None):
+        save(self, epoch, progress)
+        if progress is None:
+            at_checkpoint.append(sorted(p.name for p in self.task_best_dir.iterdir()))
+
+    def dropping(self):
+        drop(self)
+        after_drop.append(sorted(p.name for p in self.task_best_dir.iterdir()))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", listing)
+    monkeypatch.setattr(Trainer, "_drop_task_snapshots", dropping)
+    metrics = load_stage("train").run(member, frames, out, ck)
+    # a task's new snapshot is there when the checkpoint naming it is written; the one it
+    # supersedes goes right after
+    assert at_checkpoint == [["qqp-1", "sst-1", "sts-1"],
+                             ["qqp-1", "qqp-2", "sst-1", "sts-1", "sts-2"],
+                             ["qqp-2", "sst-1", "sts-2", "sts-3"]]
+    assert after_drop == [["qqp-1", "sst-1", "sts-1"], ["qqp-2", "sst-1", "sts-2"],
+                          ["qqp-2", "sst-1", "sts-3"]]
+    assert metrics["best_epoch"] == 3
+    assert metrics["task_best_epoch"] == {"sst": 1, "qqp": 2, "sts": 3}
+    assert not (ck / "task_best").exists()  # kept only until the predictions were written
+    # sst's and qqp's predictions are those of their epochs' models, not of the saved one
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(frames, member, tokenizer)
+    shipped = {t: pd.read_parquet(out / "predictions" / f"{t}_dev.parquet") for t in member.tasks}
+    final = MultitaskModel.from_pretrained(out / "model")
+    for task in member.tasks:
+        mine = predict(final, data.split("dev")[task], 64, torch.device("cpu"), "fp32",
+                       tokenizer.pad_token_id)
+        # every number a prediction holds (class probabilities, p_positive, the score)
+        same = np.allclose(mine.select_dtypes("number").to_numpy(dtype=float),
+                           shipped[task].select_dtypes("number").to_numpy(dtype=float),
+                           rtol=0, atol=1e-6)
+        assert same == (task == "sts"), task  # sts is the saved epoch's; the others are not
+    labels = {t: data.split("dev")[t].labels for t in member.tasks}
+    scores = score_predictions(shipped, labels, member.specs)
+    for name in ("sst_acc", "qqp_acc"):  # (sts's is the scripted selection's: not scored)
+        assert metrics[name] == pytest.approx(scores[name])  # the scores of what it ships
+    assert metrics["overall"] == pytest.approx(overall_score(member.specs, metrics))
+    card = (out / "model" / "README.md").read_text()
+    assert "sst epoch 1, qqp epoch 2, sts epoch 3" in card
+
+
+def test_a_resumed_run_keeps_the_snapshots_its_checkpoint_names(tiny_bert, tmp_path,
+                                                                monkeypatch):
+    member = member_for(tiny_bert, epochs=3)
+    member = dataclasses.replace(member, train=dataclasses.replace(
+        member.train, select_per_task=True, select_by="overall"))
+    tokenizer = load_tokenizer(member.model.backbone)
+    data = tokenize_member_data(synthetic_frames(12, 5), member, tokenizer)
+    original = Trainer.train_epoch
+
+    def killed_at_epoch_3(self, epoch, progress=None):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(member, data, tokenizer, tmp_path).fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    named = {f"{t}-{e}" for t, (_, e) in load_state(tmp_path / "last")["result"][
+        "task_best"].items()}
+    assert {p.name for p in (tmp_path / "task_best").iterdir()} == named
+    stray = tmp_path / "task_best" / "sst-3"  # a killed epoch 3's, which no checkpoint names
+    shutil.copytree(tmp_path / "task_best" / sorted(named)[0], stray)
+    resumed = Trainer(member, data, tokenizer, tmp_path)
+    resumed._load_checkpoint()
+    assert {p.name for p in (tmp_path / "task_best").iterdir()} == named
+    shutil.rmtree(tmp_path / "task_best" / sorted(named)[0])
+    with pytest.raises(CheckpointError, match="no snapshot of the best epoch"):
+        Trainer(member, data, tokenizer, tmp_path)._load_checkpoint()
 
 
 def test_smart_and_pcgrad_train_through_the_trainer(tiny_bert, tmp_path):
