@@ -1044,3 +1044,20 @@ def test_a_blank_backbone_and_a_cosine_head_named_twice_are_errors(raw):
     raw["model"] = {"pair_encoding": "separate", "cosine_heads": ["sts", "sts"]}
     assert error_of(raw) == ("params.yaml: model.cosine_heads: ['sts', 'sts'] names a task twice; "
                              "expected distinct tasks")
+
+
+def test_the_overrides_script_prints_what_run_cpu_passes(tmp_path):
+    import subprocess
+    import sys
+
+    root = PARAMS_YAML.parent
+    done = subprocess.run([sys.executable, "scripts/overrides.py", "experiments/cpu_main.yaml"],
+                          cwd=root, capture_output=True, text=True, check=True)
+    expected = override_args(load_overrides(root / "experiments" / "cpu_main.yaml"))
+    assert done.stdout.splitlines() == expected and "++model.backbone=minilm" in expected
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model.backbone: minilm\n")  # no `set:`
+    failed = subprocess.run([sys.executable, "scripts/overrides.py", str(bad)], cwd=root,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and not failed.stdout
+    assert f"{bad}: expected a mapping with `set:`" in failed.stderr
