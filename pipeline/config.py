@@ -387,7 +387,8 @@ class MemberConfig:
     train: TrainConfig
     smart: SmartConfig
     pcgrad: PcgradConfig
-    mtl: MtlConfig
+    # Default: a member saved before mtl existed loads as it trained.
+    mtl: MtlConfig = field(default_factory=MtlConfig)
     # The declarations of this member's tasks (saved with the model, so it predicts alone); a
     # CS224N task left out gets its default declaration.
     specs: dict[str, TaskSpec] = field(default_factory=dict)
