@@ -39,6 +39,7 @@ from pipeline.config import MtlConfig
 from pipeline.distributed import all_reduce_sum
 from pipeline.mtl_methods import (
     LEARNED_WITH_MODEL,
+    SHAPE_ONLY,
     build_aggregator,
     build_weighting,
     row_weighting,
@@ -181,6 +182,13 @@ class AggregatedGradients(PCGrad):
                 param.grad = (grad * self.grad_scale).to(param.dtype)
         return grads[0].numpy()
 
+    def _matrix(self, names: list[str], buffers: list[Tensor]) -> Tensor:
+        """J, K×P: a view of the flat buffer when the step's tasks are its rows in order."""
+        numel = sum(self._sizes)
+        if names == self._rows[:len(names)]:
+            return self._flat[:len(names) * numel].view(len(names), numel)
+        return torch.stack(buffers)
+
     def _draw(self, stat: Tensor) -> Tensor:
         """The weighting on ``stat``, its randomness drawn from the generator every rank seeds
         alike (TorchJD's random weightings use torch's global RNG)."""
@@ -196,8 +204,12 @@ class AggregatedGradients(PCGrad):
         scaled = gram * np.outer(lam, lam)  # the Gramian of diag(λ) J
         if self.kind == "gramian":
             stat = torch.from_numpy(scaled)
-        else:  # a weighting reading J itself: the rows, scaled by λ
-            stat = torch.stack(buffers) * torch.from_numpy(lam).to(buffers[0])[:, None]
+        elif isinstance(self.weighting, SHAPE_ONLY):
+            stat = torch.zeros((len(names), 0), dtype=torch.float64)
+        else:  # a weighting reading J itself: the rows (a view when in order), scaled by λ
+            stat = self._matrix(names, buffers)
+            if not np.all(lam == 1.0):
+                stat = stat * torch.from_numpy(lam).to(stat)[:, None]
         weights = self._draw(stat).detach().double().cpu().numpy()
         self._record(gram, names, weights * lam, lam)
         for task, factor in zip(names, lam, strict=True):

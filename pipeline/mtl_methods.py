@@ -30,6 +30,9 @@ AGGREGATORS: dict[str, Callable[..., jd.Aggregator]] = {
     "cagrad": jd.CAGrad,
     "nash_mtl": jd.NashMTL,
 }
+# Matrix weightings whose weights depend on the number of rows alone: they are handed a stand-in
+# of that shape rather than the K×P rows (a copy of every task's gradient).
+SHAPE_ONLY = (jd.MeanWeighting, jd.SumWeighting, jd.RandomWeighting, jd.ConstantWeighting)
 # mtl.weighting → TorchJD's scalarizer (``fixed``: none, loss.task_weights as before).
 WEIGHTINGS: dict[str, Callable[..., jds.Scalarizer]] = {
     "uw": jds.UW,
