@@ -29,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from pipeline.trial_channel import STOP_FILE, STOPPED, TRIAL_DIR_ENV, read_epoch
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
 POLL_SECONDS = 5.0
+FAILURES_IN_A_ROW = 3
 
 
 class TuneError(UserError):
@@ -305,10 +307,33 @@ def run_trial(spec: TuneSpec, trial: optuna.Trial, run: TrialRun, params: Mappin
     return result if len(result) > 1 else result[0]
 
 
+def _retry_stale():
+    """Optuna's callback that queues a stale trial's values again (renamed in Optuna 4.9)."""
+    storages = optuna.storages
+    retry = (getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
+             or storages.RetryFailedTrialCallback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return retry(max_retry=1)
+
+
+class _StopAfterFailures:
+    """Stop the study after ``limit`` failed trials in a row (a broken setup fails them all,
+    and the target counts finished trials only)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if self.streak >= self.limit:
+            study.stop()
+
+
 def build_study(spec: TuneSpec) -> optuna.Study:
     storage = optuna.storages.RDBStorage(
         spec.storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        heartbeat_stale_trial_callback=_retry_stale())
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if spec.prune and spec.prune.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=spec.prune.n_startup_trials,
@@ -333,11 +358,15 @@ def run_study(spec: TuneSpec, run: TrialRun, params: Mapping, trials: int | None
     study = build_study(spec)
     if finished(study) >= target:
         return study
+    stopper = _StopAfterFailures(FAILURES_IN_A_ROW)
     study.optimize(lambda trial: run_trial(spec, trial, run, params),
                    callbacks=[optuna.study.MaxTrialsCallback(
                        target, states=(optuna.trial.TrialState.COMPLETE,
-                                       optuna.trial.TrialState.PRUNED))],
+                                       optuna.trial.TrialState.PRUNED)), stopper],
                    catch=(TuneError,))
+    if stopper.streak >= FAILURES_IN_A_ROW:
+        raise TuneError(f"study {spec.study}: {stopper.streak} trials in a row failed (their "
+                        f"`dvc exp run` output is above); fix that and run again to resume")
     return study
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -56,8 +58,11 @@ def run(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec, ROOT, params)
     spec = dataclasses.replace(spec, set={**spec.set, **local_paths(args.data, args.wordnet)})
     dvc = dvc_executable()
+    # The stages' `python` is this one (the project's environment), as `source .venv/bin/activate`
+    # would make it.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     trial_run = TrialRun(command=lambda name, overrides: exp_command(name, overrides, dvc),
-                         metrics=lambda name: exp_metrics(name, dvc))
+                         metrics=lambda name: exp_metrics(name, dvc), env={"PATH": path})
     study = run_study(spec, trial_run, params, args.trials)
     print(format_summary(summary(study, spec)))
 

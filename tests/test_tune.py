@@ -231,3 +231,13 @@ def test_the_trainer_reports_each_epoch_and_stops_when_asked(tiny_bert, tmp_path
     dev = {k.removeprefix("dev/"): v for k, v in result.history[0].items()
            if k.startswith("dev/")}
     assert records[0]["select"] == pytest.approx(selection_score(member, dev))
+
+
+def test_a_broken_setup_stops_the_study_after_three_failures(tmp_path):
+    spec = load_spec(write_spec(tmp_path, trials=5), tmp_path)
+    run = dataclasses.replace(fake_run(tmp_path),
+                              command=lambda name, o: [sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(TuneError, match="3 trials in a row failed"):
+        run_study(spec, run, {})
+    study = optuna.load_study(study_name="s", storage=spec.storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
