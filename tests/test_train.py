@@ -133,6 +133,21 @@ def trained_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def fit_killed_at_epoch_3(trainer: Trainer, monkeypatch) -> None:
+    """``trainer.fit()`` killed as epoch 3 starts (after epoch 2's checkpoint)."""
+    original = Trainer.train_epoch
+
+    def killed_at_epoch_3(self, epoch, progress=None):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
 RESUMED_MTL = {"plain": None,
                # UW's log-variances in the optimiser; GradVac's and DWA's running state
                "upgrad_uw": MtlConfig(aggregator="upgrad", weighting="uw", weighting_lr=0.05),
@@ -154,18 +169,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_bert, tmp_p
     straight_result = straight.fit()
     expected = trained_state(straight)
 
-    interrupted = Trainer(member, data, tokenizer, tmp_path / "resumed")
+    fit_killed_at_epoch_3(Trainer(member, data, tokenizer, tmp_path / "resumed"), monkeypatch)
     original = Trainer.train_epoch
-
-    def killed_at_epoch_3(self, epoch, progress=None):
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch, progress)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
 
     calls = []
     monkeypatch.setattr(Trainer, "train_epoch",
@@ -334,17 +339,7 @@ def test_a_resumed_run_keeps_the_snapshots_its_checkpoint_names(tiny_bert, tmp_p
         member.train, select_per_task=True, select_by="overall"))
     tokenizer = load_tokenizer(member.model.backbone)
     data = tokenize_member_data(synthetic_frames(12, 5), member, tokenizer)
-    original = Trainer.train_epoch
-
-    def killed_at_epoch_3(self, epoch, progress=None):
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch, progress)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(member, data, tokenizer, tmp_path).fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    fit_killed_at_epoch_3(Trainer(member, data, tokenizer, tmp_path), monkeypatch)
     named = {f"{t}-{e}" for t, (_, e) in load_state(tmp_path / "last")["result"][
         "task_best"].items()}
     assert {p.name for p in (tmp_path / "task_best").iterdir()} == named
