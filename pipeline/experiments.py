@@ -184,14 +184,24 @@ def run_overrides(spec: Experiments, scale: str, run: str, data_dir: str | Path 
         # A run's key replaces any finer keys below it (train.custom replaces train.custom.*).
         overrides = {k: v for k, v in overrides.items() if not k.startswith(f"{key}.")}
         overrides[key] = value
-    if data_dir is not None:
-        data_dir = Path(data_dir).resolve()
-        overrides["data.source"] = str(data_dir / "cs224n")
-        overrides["augment.reviews.source"] = str(data_dir / "amazon")
-    if wordnet_dir is not None:
-        overrides["augment.eda.wordnet_dir"] = str(Path(wordnet_dir).resolve())
+    overrides.update(local_inputs(data_dir, wordnet_dir))
     overrides["seeds"] = spec.seeds(scale, run)
     return overrides
+
+
+def local_inputs(data_dir: str | Path | None, wordnet_dir: str | Path | None
+                 ) -> dict[str, str]:
+    """The machine-local inputs as absolute paths (a directory holding cs224n/ and amazon/,
+    the WordNet dir EDA reads): a queued or ``--temp`` experiment runs in a copy of the
+    repository that holds only its git-tracked files."""
+    paths = {}
+    if data_dir is not None:
+        data_dir = Path(data_dir).resolve()
+        paths["data.source"] = str(data_dir / "cs224n")
+        paths["augment.reviews.source"] = str(data_dir / "amazon")
+    if wordnet_dir is not None:
+        paths["augment.eda.wordnet_dir"] = str(Path(wordnet_dir).resolve())
+    return paths
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

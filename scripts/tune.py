@@ -25,7 +25,7 @@ import matplotlib
 import yaml
 
 from pipeline.errors import run_stage
-from pipeline.experiments import dvc_executable
+from pipeline.experiments import dvc_executable, local_inputs
 from pipeline.io import atomic_path, write_text
 from pipeline.tune import (
     TrialRun,
@@ -41,22 +41,10 @@ from pipeline.tune import (
 ROOT = Path(".")  # the DVC repository the study runs in: run from its root
 
 
-def local_paths(data: Path | None, wordnet: Path | None) -> dict[str, str]:
-    """Machine-local inputs as absolute paths: a trial runs in a temporary copy of the
-    repository that holds only its git-tracked files."""
-    paths = {}
-    if data is not None:
-        paths["data.source"] = str((data / "cs224n").resolve())
-        paths["augment.reviews.source"] = str((data / "amazon").resolve())
-    if wordnet is not None:
-        paths["augment.eda.wordnet_dir"] = str(wordnet.resolve())
-    return paths
-
-
 def run(args: argparse.Namespace) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     spec = load_spec(args.spec, ROOT, params)
-    spec = dataclasses.replace(spec, set={**spec.set, **local_paths(args.data, args.wordnet)})
+    spec = dataclasses.replace(spec, set={**spec.set, **local_inputs(args.data, args.wordnet)})
     dvc = dvc_executable()
     # The stages' `python` is this one (the project's environment), as `source .venv/bin/activate`
     # would make it.
