@@ -724,7 +724,8 @@ class Trainer:
         """The study's stop, seen alike by every rank (one may see the file before another)."""
         if trial_dir() is None:  # not a trial: every rank has the same environment
             return False
-        flag = torch.tensor([float(stop_requested())], device=self.device)
+        flag = torch.tensor([float(stop_requested(self.member.name, self.cfg.seed))],
+                            device=self.device)
         if self.world.distributed:
             all_reduce_sum(flag, self.world)
         return bool(flag.item() > 0)

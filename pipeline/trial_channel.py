@@ -3,7 +3,9 @@ of its trials, which DVC runs as stage commands (so nothing but the environment 
 
 A run started with ``BESTFIT_TRIAL_DIR`` set appends each epoch's record (its dev scores) to
 ``<dir>/<member>-<seed>.jsonl``, one JSON object per line, and ends its training after the epoch
-at which ``<dir>/stop`` exists: the study pruned the trial. Its last line then says after which
+at which ``<dir>/<member>-<seed>.stop`` exists: the study pruned the trial from that run's
+records. The stop is the run's own: the trial's other members (trained later by the same
+``dvc exp run``) train in full. Its last line then says after which
 epoch it stopped, and it writes its outputs as usual from the best epoch so far (its report
 says so too). A stop asked after a run's last epoch changes nothing. Without the
 variable, nothing is read or written.
@@ -17,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 TRIAL_DIR_ENV = "BESTFIT_TRIAL_DIR"
-STOP_FILE = "stop"
 STOPPED = "stopped_after_epoch"  # the key of the last line of a run that stopped
 
 
@@ -30,6 +31,10 @@ def epochs_file(directory: Path, member: str, seed: int) -> Path:
     return directory / f"{member}-{seed}.jsonl"
 
 
+def stop_file(directory: Path, member: str, seed: int) -> Path:
+    return directory / f"{member}-{seed}.stop"
+
+
 def report_epoch(member: str, seed: int, record: Mapping[str, float]) -> None:
     """Append one epoch's record (a line, flushed whole: the study reads complete lines)."""
     directory = trial_dir()
@@ -40,9 +45,9 @@ def report_epoch(member: str, seed: int, record: Mapping[str, float]) -> None:
         out.write(json.dumps(dict(record)) + "\n")
 
 
-def stop_requested() -> bool:
+def stop_requested(member: str, seed: int) -> bool:
     directory = trial_dir()
-    return directory is not None and (directory / STOP_FILE).exists()
+    return directory is not None and stop_file(directory, member, seed).exists()
 
 
 def read_epochs(directory: Path, member: str, seed: int) -> list[dict[str, float]]:

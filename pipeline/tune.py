@@ -40,7 +40,7 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.experiments import apply_overrides, flatten, load_overrides, override_args
-from pipeline.trial_channel import STOP_FILE, STOPPED, TRIAL_DIR_ENV, read_epochs
+from pipeline.trial_channel import STOPPED, TRIAL_DIR_ENV, read_epochs, stop_file
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
 POLL_SECONDS = 5.0
@@ -270,8 +270,8 @@ def run_trial(spec: TuneSpec, trial: optuna.Trial, run: TrialRun, params: Mappin
         while True:
             done = process.poll() is not None
             if spec.prune and pruned_at is None:
-                epochs = read_epochs(channel, spec.prune.member,
-                                     _prune_seed(spec, overrides, params))
+                seed = _prune_seed(spec, overrides, params)
+                epochs = read_epochs(channel, spec.prune.member, seed)
                 for record in epochs[reported:]:
                     if STOPPED in record:
                         continue
@@ -279,7 +279,7 @@ def run_trial(spec: TuneSpec, trial: optuna.Trial, run: TrialRun, params: Mappin
                     trial.report(float(record[spec.prune.metric]), step)
                     if trial.should_prune():
                         pruned_at = step
-                        (channel / STOP_FILE).touch()
+                        stop_file(channel, spec.prune.member, seed).touch()
                         break
                 reported = len(epochs)
             if done:

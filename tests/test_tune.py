@@ -15,7 +15,14 @@ import optuna
 import pytest
 import yaml
 
-from pipeline.trial_channel import STOP_FILE, STOPPED, TRIAL_DIR_ENV, read_epochs, report_epoch
+from pipeline.trial_channel import (
+    STOPPED,
+    TRIAL_DIR_ENV,
+    read_epochs,
+    report_epoch,
+    stop_file,
+    stop_requested,
+)
 from pipeline.tune import (
     TrialRun,
     TuneError,
@@ -42,7 +49,7 @@ for epoch in (1, 2, 3):
     report_epoch("multitask", 11, {"epoch": epoch, "select": x * epoch / 3})
     epochs = epoch
     time.sleep(0.05)
-    if epoch < 3 and stop_requested():
+    if epoch < 3 and stop_requested("multitask", 11):
         report_epoch("multitask", 11, {"stopped_after_epoch": epoch})
         break
 (out / f"{name}.json").write_text(json.dumps({"overall": x, "sst_acc": 1 - x, "epochs": epochs}))
@@ -200,6 +207,17 @@ def test_the_channel_reads_complete_lines_only(tmp_path, monkeypatch):
     assert len(read_epochs(tmp_path, "m", 3)) == 1
 
 
+def test_a_stop_is_the_pruned_runs_own(tmp_path, monkeypatch):
+    """The study prunes from one member's records: the trial's other members and seeds, which
+    the same `dvc exp run` trains after it (and DVC's run cache keeps), train in full."""
+    monkeypatch.setenv(TRIAL_DIR_ENV, str(tmp_path))
+    stop_file(tmp_path, "multitask", 11).touch()
+    assert stop_requested("multitask", 11)
+    assert not stop_requested("sst_single", 11) and not stop_requested("multitask", 12)
+    monkeypatch.delenv(TRIAL_DIR_ENV)
+    assert not stop_requested("multitask", 11)  # not a trial
+
+
 def test_the_trainer_reports_each_epoch_and_stops_when_asked(tiny_bert, tmp_path, monkeypatch):
     from test_train import member_for, synthetic_frames
 
@@ -219,7 +237,7 @@ def test_the_trainer_reports_each_epoch_and_stops_when_asked(tiny_bert, tmp_path
 
     def stop_after_first(epoch, progress=None):
         logged = original(epoch, progress)
-        (channel / STOP_FILE).touch()  # the study prunes during epoch 1
+        stop_file(channel, member.name, member.train.seed).touch()  # pruned in epoch 1
         return logged
 
     trainer.train_epoch = stop_after_first
