@@ -282,10 +282,14 @@ def queue_command(spec: Experiments, scale: str, run: str, data_dir: str | Path 
     return command
 
 
-def collect(exp_show: Any, scale: str) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+# Per-seed metrics of a matrix: {run: {member: {seed: metrics}}}.
+Results = dict[str, dict[str, dict[int, dict[str, float]]]]
+
+
+def collect(exp_show: Any, scale: str) -> Results:
     """Per-seed metrics of every experiment named ``<scale>-<run>`` in ``dvc exp show --json``
     output: {run: {member: {seed: metrics}}}. The newest experiment of a name wins."""
-    found: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    found: Results = {}
     prefix = f"{scale}-"
 
     def visit(node: Any) -> None:
@@ -311,6 +315,37 @@ def collect(exp_show: Any, scale: str) -> dict[str, dict[str, dict[int, dict[str
 
     visit(exp_show)
     return found
+
+
+def results_from_report(report: Mapping[str, Any], spec: Experiments, scale: str) -> Results:
+    """The per-seed task scores a written report holds, as results ({run: {member: {seed:
+    metrics}}}): a matrix finished in a later session extends its committed report without the
+    earlier runs' directories. A row's scores go under its run's first member (or its twin's,
+    for a ``same_as`` row) — a report keeps one score per task and seed, all ``build_report``
+    reads."""
+    if report.get("scale") != scale:
+        raise ExperimentsError(f"the report is of scale {report.get('scale')!r}, not {scale!r}")
+    found: Results = {}
+    for row in report["rows"]:
+        run = row.get("same_as") or row["run"]
+        member = spec.members.get(run, [DEFAULT_MEMBER])[0]
+        for task, metric in TASK_METRICS.items():
+            for seed, value in (row.get(task) or {}).get("seeds", {}).items():
+                found.setdefault(run, {}).setdefault(member, {}).setdefault(
+                    int(seed), {})[metric] = float(value)
+    return found
+
+
+def merge_results(*sources: Mapping[str, Any]) -> Results:
+    """Results of several sources in one; a later source's seed of a run's member replaces an
+    earlier one's (a rerun wins), its other seeds are kept."""
+    merged: Results = {}
+    for source in sources:
+        for run, members in source.items():
+            for member, seeds in members.items():
+                for seed, metrics in seeds.items():
+                    merged.setdefault(run, {}).setdefault(member, {})[int(seed)] = dict(metrics)
+    return merged
 
 
 def pooled_seed_sd(per_run: Iterable[Mapping[int, float]]) -> float | None:

@@ -8,7 +8,9 @@
 `<scale>-<run>`, its members' train stages for the scale's seeds as targets); `--data` is a
 directory holding cs224n/ and amazon/, passed to the experiments as absolute paths (as is
 the WordNet dir of EDA). `report`
-reads `dvc exp show --json` (or `--exp-show FILE`) and writes reports/paper_<scale>.{md,json,png}.
+reads `dvc exp show --json` (or `--exp-show FILE`, or `--results` files: `run`'s results.json or
+an earlier report's JSON, so runs finished later extend a committed report) and writes
+reports/paper_<scale>.{md,json,png}.
 
 `run` runs the stage commands without DVC, `--jobs` runs at once. With several jobs on a machine
 with GPUs each job trains on a GPU of its own (its commands' CUDA_VISIBLE_DEVICES, drawn from the
@@ -44,8 +46,10 @@ from pipeline.experiments import (
     dvc_executable,
     figure_rows,
     load_experiments,
+    merge_results,
     queue_command,
     report_markdown,
+    results_from_report,
     run_overrides,
     to_json,
 )
@@ -203,13 +207,20 @@ def run_direct(args: argparse.Namespace) -> None:
     print(f"wrote {root / 'results.json'} ({write_results()} runs)")
 
 
+def _results_file(path: Path, spec, scale: str) -> dict:
+    """A results.json of `run`, or a report's JSON (its rows' per-seed scores)."""
+    data = json.loads(path.read_text())
+    if isinstance(data.get("rows"), list):
+        return results_from_report(data, spec, scale)
+    return data
+
+
 def report(args: argparse.Namespace) -> None:
     spec = load_experiments(args.experiments)
     spec.scale_runs(args.scale)  # an unknown scale is an error before any work
     if args.results:
-        results = {run: {member: {int(seed): m for seed, m in seeds.items()}
-                         for member, seeds in members.items()}
-                   for run, members in json.loads(Path(args.results).read_text()).items()}
+        results = merge_results(*(_results_file(Path(path), spec, args.scale)
+                                  for path in args.results))
     else:
         exp_show = json.loads(Path(args.exp_show).read_text()) if args.exp_show else json.loads(
             subprocess.run([dvc_executable(), "exp", "show", "--json", "--all-commits"], check=True,
@@ -241,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     r = commands.add_parser("report", help="write the report from dvc exp show")
     r.add_argument("--scale", required=True)
     r.add_argument("--exp-show", help="a saved `dvc exp show --json` output")
-    r.add_argument("--results", help="results.json of `run` (instead of dvc exp show)")
+    r.add_argument("--results", action="append",
+                   help="results.json of `run` (instead of dvc exp show), or a report's .json; "
+                        "repeatable: later files' seeds replace earlier ones'")
     r.add_argument("--title", default="", help="a line under the heading (e.g. the machine)")
     r.add_argument("--out", help="output path without suffix (default reports/paper_<scale>)")
     d = commands.add_parser("run", help="run a scale's runs without DVC, in parallel jobs")

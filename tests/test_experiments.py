@@ -21,11 +21,14 @@ from pipeline.experiments import (
     direction,
     hydra_value,
     load_experiments,
+    merge_results,
     paired_delta,
     pooled_seed_sd,
     queue_command,
     report_markdown,
+    results_from_report,
     run_overrides,
+    to_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +241,11 @@ def test_run_without_dvc_then_report(tmp_path, tiny_bert, cs224n_dir, amazon_dir
         s: results["fast"]["multitask"][s]["sst_acc"] for s in ("1", "2")}
     assert "| fast | `fast` | 2 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a committed report extended by later runs: its JSON and results.json give the same report
+    subprocess.run([*script, "report", "--scale", "tiny", "--results", str(tmp_path /
+                    "report.json"), "--results", str(out / "results.json"), "--out",
+                    str(tmp_path / "extended")], cwd=ROOT, check=True, capture_output=True)
+    assert (tmp_path / "extended.json").read_text() == (tmp_path / "report.json").read_text()
 
 
 def test_report_takes_each_task_from_the_member_trained_on_it(tmp_path):
@@ -253,6 +261,46 @@ def test_report_takes_each_task_from_the_member_trained_on_it(tmp_path):
     row = build_report(load_experiments(path), "s", results)["rows"][0]
     assert (row["sst"]["mean"], row["qqp"]["mean"], row["sts"]["mean"]) == (0.5, 0.8, 0.7)
 
+
+
+@pytest.mark.parametrize("name", ["beyond_cpu", "paper_cpu_smart"])
+def test_a_committed_report_gives_back_the_results_it_was_built_from(name):
+    committed = (ROOT / "reports" / f"{name}.json").read_text()
+    report = json.loads(committed)
+    spec = load_experiments(BEYOND if name.startswith("beyond") else EXPERIMENTS)
+    rebuilt = build_report(spec, report["scale"], results_from_report(report, spec, "cpu"))
+    assert to_json(rebuilt) == committed
+
+
+def test_report_results_keep_each_member_and_twin_and_later_seeds_win(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": {}, "scales": {"s": {"set": {}, "seeds": [1, 2]}},
+        "runs": {"ref": {}, "same": {}, "double": {"models.multitask.tasks": ["qqp", "sts"]}},
+        "members": {"double": ["multitask", "sst_single"]},
+        "tables": {"t": {"reference": "ref", "rows": {
+            "ref": {"run": "ref"}, "same": {"run": "same"}, "double": {"run": "double"}}}},
+    }))
+    spec = load_experiments(path)
+    assert spec.same_as("s") == {"same": "ref"}
+    scores = {1: {"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.7},
+              2: {"sst_acc": 0.6, "qqp_acc": 0.9, "sts_pearson": 0.75}}
+    results = {"ref": {"multitask": scores},
+               "double": {"multitask": {s: {"qqp_acc": m["qqp_acc"], "sts_pearson":
+                                            m["sts_pearson"]} for s, m in scores.items()},
+                          "sst_single": {s: {"sst_acc": m["sst_acc"]} for s, m in
+                                         scores.items()}}}
+    report = build_report(spec, "s", results)
+    back = results_from_report(report, spec, "s")
+    # one entry per trained run (the twin row reads ref's), each under the run's first member
+    assert back == {"ref": {"multitask": scores}, "double": {"multitask": scores}}
+    assert to_json(build_report(spec, "s", back)) == to_json(report)
+    rerun = {"ref": {"multitask": {"2": {"sst_acc": 0.4}}}}
+    merged = merge_results(back, rerun)
+    assert merged["ref"]["multitask"] == {1: scores[1], 2: {"sst_acc": 0.4}}
+    assert merged["double"] == back["double"] and back["ref"]["multitask"][2] == scores[2]
+    with pytest.raises(ExperimentsError, match="scale 's', not 'cpu'"):
+        results_from_report(report, spec, "cpu")
 
 def load_script(name: str):
     import importlib.util
