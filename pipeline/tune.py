@@ -295,7 +295,10 @@ def run_trial(spec: TuneSpec, trial: optuna.Trial, run: TrialRun, params: Mappin
         shutil.rmtree(channel, ignore_errors=True)
     if process.returncode:
         raise TuneError(f"{name}: dvc exp run failed (exit {process.returncode})")
-    if pruned_at is not None and not any(STOPPED in r for r in epochs):
+    # The run stops at the first epoch end after the stop file appears: the pruner's epoch or,
+    # when the file came late, a later one (what it trained is its own STOPPED record).
+    stopped_at = next((int(r[STOPPED]) for r in epochs if STOPPED in r), None)
+    if stopped_at is None:
         pruned_at = None  # asked after its last epoch: the run completed, and counts as such
     metrics = run.metrics(name)
     result = _values(metrics, spec.objectives, name)
@@ -303,6 +306,7 @@ def run_trial(spec: TuneSpec, trial: optuna.Trial, run: TrialRun, params: Mappin
         trial.set_user_attr(key, value)
     if pruned_at is not None:
         trial.set_user_attr("pruned_after_epoch", pruned_at)
+        trial.set_user_attr("stopped_after_epoch", stopped_at)
         raise optuna.TrialPruned(f"{name}: pruned after epoch {pruned_at}")
     return result if len(result) > 1 else result[0]
 
@@ -393,6 +397,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
                            for k, v in t["params"].items())
         lines.append(f"  #{t['number']:<3} {t['state']:<8} {values:<22} {params}"
                      + (f" (same as #{t['same_as']})" if "same_as" in t else "")
-                     + (f" (pruned after epoch {t['pruned_after_epoch']})"
+                     + (f" (pruned after epoch {t['pruned_after_epoch']}"
+                        + (f", stopped after epoch {t['stopped_after_epoch']}"
+                           if t.get("stopped_after_epoch", t["pruned_after_epoch"])
+                           != t["pruned_after_epoch"] else "") + ")"
                         if "pruned_after_epoch" in t else ""))
     return "\n".join(lines)
