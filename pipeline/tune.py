@@ -397,9 +397,14 @@ def format_summary(report: Mapping[str, Any]) -> str:
                            for k, v in t["params"].items())
         lines.append(f"  #{t['number']:<3} {t['state']:<8} {values:<22} {params}"
                      + (f" (same as #{t['same_as']})" if "same_as" in t else "")
-                     + (f" (pruned after epoch {t['pruned_after_epoch']}"
-                        + (f", stopped after epoch {t['stopped_after_epoch']}"
-                           if t.get("stopped_after_epoch", t["pruned_after_epoch"])
-                           != t["pruned_after_epoch"] else "") + ")"
-                        if "pruned_after_epoch" in t else ""))
+                     + _pruned_note(t))
     return "\n".join(lines)
+
+
+def _pruned_note(trial: Mapping[str, Any]) -> str:
+    if "pruned_after_epoch" not in trial:
+        return ""
+    pruned = trial["pruned_after_epoch"]
+    stopped = trial.get("stopped_after_epoch", pruned)
+    return (f" (pruned after epoch {pruned}"
+            + (f", stopped after epoch {stopped}" if stopped != pruned else "") + ")")

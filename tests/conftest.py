@@ -14,9 +14,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 CS224N = SHARED_DATA / "cs224n"
 AMAZON = SHARED_DATA / "amazon"
 
-# The files whose module fixtures run the pipeline end to end, longest first: run first, so that
-# under pytest-xdist (one file per worker at a time) no worker is left with one of them at the end
-# while the others idle.
+# The slowest files (their module fixtures train members or run the pipeline): collected first, so
+# that pytest-xdist, which hands each worker whole files, starts them first and no worker is left
+# with one of them at the end while the others idle.
 LONGEST_FILES = ("test_pipeline_e2e.py", "test_bad_inputs.py", "test_experiments.py",
                  "test_fourth_task_e2e.py", "test_gpu_check.py", "test_predict.py",
                  "test_resume.py", "test_ensemble.py")
