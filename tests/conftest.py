@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -13,6 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CS224N = SHARED_DATA / "cs224n"
 AMAZON = SHARED_DATA / "amazon"
+
+
+def _project_params_file() -> Path:
+    """The project's params.yaml as git's index holds it (`git add` an edit to test it), not the
+    workspace's file: `dvc exp run` (run_cpu.sh, any variant) leaves the experiment's values
+    there, and the tests check the project's own defaults. Outside a git checkout, the file."""
+    workspace = ROOT / "params.yaml"
+    done = subprocess.run(["git", "show", ":params.yaml"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode or done.stdout == workspace.read_text():
+        return workspace
+    copy = Path(tempfile.mkdtemp(prefix="bestfit-params-")) / "params.yaml"
+    copy.write_text(done.stdout)
+    atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
+    return copy
+
+
+PARAMS_YAML = _project_params_file()
 
 # The slowest files (their module fixtures train members or run the pipeline): collected first, so
 # that pytest-xdist, which hands each worker whole files, starts them first and no worker is left

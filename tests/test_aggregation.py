@@ -12,6 +12,7 @@ import torch
 import torchjd.aggregation as jd
 import torchjd.scalarization as jds
 import yaml
+from conftest import PARAMS_YAML
 from torch import nn
 
 from pipeline.aggregation import AggregatedGradients
@@ -273,7 +274,7 @@ def test_a_missing_optional_dependency_is_a_clear_error(monkeypatch):
 
 
 def test_params_refuse_pcgrad_beside_an_aggregator(tmp_path):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["pcgrad"] = {"enabled": True}
     raw["mtl"] = {"aggregator": "upgrad"}
     path = tmp_path / "params.yaml"

@@ -9,10 +9,10 @@ import math
 import shlex
 import types
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PARAMS_YAML, ROOT
 
 from pipeline.config import (
     MAX_NODES,
@@ -39,7 +39,6 @@ from pipeline.config import (
 )
 from pipeline.experiments import load_overrides, override_args
 
-PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 SECTIONS = ("model", "loss", "train", "smart", "pcgrad")
 
 
@@ -146,14 +145,13 @@ def test_every_config_field_has_a_key_in_params_yaml():
 def run_cpu_overrides() -> dict[str, str]:
     """The `-S key=value` overrides of scripts/run_cpu.sh's `dvc exp run` (`++` kept): its own
     and those of experiments/cpu_main.yaml, which it passes through scripts/overrides.py."""
-    root = PARAMS_YAML.parent
-    text = (root / "scripts" / "run_cpu.sh").read_text()
+    text = (ROOT / "scripts" / "run_cpu.sh").read_text()
     assert "python scripts/overrides.py experiments/cpu_main.yaml" in text
     command = text[text.index("time dvc exp run"):text.index('"$@"')].replace("\\\n", " ")
     tokens = shlex.split(command)
     own = dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens)
                if t == "-S" and "$" not in tokens[i + 1])
-    args = override_args(load_overrides(root / "experiments" / "cpu_main.yaml"))
+    args = override_args(load_overrides(ROOT / "experiments" / "cpu_main.yaml"))
     return {**own, **dict(arg.split("=", 1) for arg in args)}
 
 
@@ -1050,14 +1048,13 @@ def test_the_overrides_script_prints_what_run_cpu_passes(tmp_path):
     import subprocess
     import sys
 
-    root = PARAMS_YAML.parent
     done = subprocess.run([sys.executable, "scripts/overrides.py", "experiments/cpu_main.yaml"],
-                          cwd=root, capture_output=True, text=True, check=True)
-    expected = override_args(load_overrides(root / "experiments" / "cpu_main.yaml"))
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = override_args(load_overrides(ROOT / "experiments" / "cpu_main.yaml"))
     assert done.stdout.splitlines() == expected and "++model.backbone=minilm" in expected
     bad = tmp_path / "bad.yaml"
     bad.write_text("model.backbone: minilm\n")  # no `set:`
-    failed = subprocess.run([sys.executable, "scripts/overrides.py", str(bad)], cwd=root,
+    failed = subprocess.run([sys.executable, "scripts/overrides.py", str(bad)], cwd=ROOT,
                             capture_output=True, text=True)
     assert failed.returncode != 0 and not failed.stdout
     assert f"{bad}: expected a mapping with `set:`" in failed.stderr

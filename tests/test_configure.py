@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import ROOT, load_stage
+from conftest import PARAMS_YAML, load_stage
 
 configure = load_stage("configure")
 
@@ -19,7 +19,7 @@ def resolve(tmp_path, params: dict, member: str) -> dict:
 
 
 def test_a_shared_sections_change_reaches_only_the_members_it_changes(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     before = {m: resolve(tmp_path, params, m) for m in params["models"]}
     assert before["sst_single"]["smart"]["lambda_"] == 0.0  # its own override
     params["smart"]["lambda"] = 8.0  # dvc exp run -S smart.lambda=8
@@ -31,7 +31,7 @@ def test_a_shared_sections_change_reaches_only_the_members_it_changes(tmp_path):
 
 
 def test_the_seed_is_not_part_of_a_members_config(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     first = resolve(tmp_path, params, "multitask")
     params["seeds"] = [5, *params["seeds"]]
     assert resolve(tmp_path, params, "multitask") == first
@@ -40,7 +40,7 @@ def test_the_seed_is_not_part_of_a_members_config(tmp_path):
 
 def test_the_ensemble_reaches_a_member_only_through_what_it_takes_from_it(tmp_path):
     # select_by: ensemble (the default) picks a member's epoch on the tasks taken from it.
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     assert params["train"]["select_by"] == "ensemble"
     first = resolve(tmp_path, params, "multitask")
     assert first["select_tasks"] == ["qqp", "sts"]

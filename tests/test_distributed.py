@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 from metric_bounds import assert_scores_follow_predictions
 from test_train import member_for, synthetic_frames
 
@@ -316,7 +316,7 @@ def test_the_stage_launches_torchrun_for_train_processes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(stage.os, "execv", execv)
     params = tmp_path / "params.yaml"
-    params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    params.write_text(PARAMS_YAML.read_text()
                       .replace("  processes: 1 ", "  processes: 2 "))
     argv = ["multitask", "--seed", "11", "--prepared", "p", "--augmented", "a", "--out", "o",
             "--checkpoints", "c", "--params", str(params)]
@@ -438,7 +438,7 @@ def test_the_stage_refuses_more_processes_than_gpus_before_launching(four_gpus, 
     stage = load_stage("train")
     monkeypatch.setattr(stage.os, "execv", lambda *a: pytest.fail("launched torchrun"))
     params = tmp_path / "params.yaml"
-    params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    params.write_text(PARAMS_YAML.read_text()
                       .replace("  processes: 1 ", "  processes: 2 "))
     with pytest.raises(SystemExit) as done:
         run_stage("train", stage.main, ["multitask", "--seed", "11", "--prepared", "p",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 
 from pipeline.config import load_params
 from pipeline.data import file_name
@@ -57,7 +57,7 @@ def entry_paths(entries: list[Any] | None) -> list[str]:
 
 
 def expand_stages() -> dict[str, dict[str, Any]]:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     stages = {}
     for name, spec in raw.items():
@@ -154,7 +154,7 @@ def command(stage: str) -> tuple[Path, list[str]]:
 
 
 def test_stages_expand_as_dvc_expands_them():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     expected = {f"train@{m}-{s}" for m in params["models"] for s in params["seeds"]}
     assert {name for name in STAGES if name.startswith("train@")} == expected
     listed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "stage", "list",
@@ -205,7 +205,7 @@ def test_prepare_depends_on_every_required_source_file():
     # checked): the train and dev files every cs224n task needs. Test files may be absent
     # upstream. Files of other formats live under data/tasks, a dep as a whole.
     deps = entry_paths(STAGES["prepare"]["deps"])
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(PARAMS_YAML)
     source = params.data.source
     cs224n = [t for t in params.tasks.values() if t.data.format == "cs224n" and not t.data.dir]
     assert cs224n, "params.yaml: the default tasks are the CS224N ones"
@@ -236,7 +236,7 @@ def test_a_train_stage_reads_params_only_through_its_members_config():
     # every configure@ stage but only the train stages whose config file it changed.
     configured = {name.split("@", 1)[1]: entry_paths(spec["outs"])
                   for name, spec in STAGES.items() if name.startswith("configure@")}
-    assert set(configured) == set(load_params(ROOT / "params.yaml").models)
+    assert set(configured) == set(load_params(PARAMS_YAML).models)
     for name, spec in STAGES.items():
         if name.startswith("train@"):
             member = name.split("@", 1)[1].rsplit("-", 1)[0]

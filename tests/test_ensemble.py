@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 
 from pipeline.data import schema
 from pipeline.ensemble import (
@@ -247,7 +247,7 @@ def run_stage(tmp: Path, members: dict[str, dict[int, tuple[dict, dict]]],
               ensemble: dict[str, list[str]], seeds: list[int]) -> subprocess.CompletedProcess:
     """stages/ensemble.py in ``tmp`` on the prepared DEV tables and ``members``:
     {member: {seed: (prediction tables by name, metrics)}}."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     # The project's params, with the members this test provides (sst_single has the schedule
     # override the project gives it: the default custom schedule names qqp).
     raw["models"] = {"multitask": {"tasks": ["sst", "qqp", "sts"]},

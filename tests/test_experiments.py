@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PARAMS_YAML
 
 from pipeline.config import parse_params
 from pipeline.experiments import (
@@ -42,7 +43,7 @@ PAPER_TABLES = ROOT.parent / "shared" / "paper" / "tables.yaml"
                          ids=["paper-cpu", "paper-paper", "beyond-cpu", "beyond-paper"])
 def test_every_run_is_a_valid_params_set(path, scale):
     spec = load_experiments(path)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     for run in spec.scale_runs(scale):
         overrides = run_overrides(spec, scale, run, "/data")
         params = parse_params(apply_overrides(raw, overrides))

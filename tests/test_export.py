@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import PARAMS_YAML
 
 from pipeline.batching import pad, tokenize_task
 from pipeline.config import parse_params
@@ -50,7 +51,7 @@ def texts(frame: pd.DataFrame) -> list:
 
 
 def member(backbone: str = "minilm", **model):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     head = model.pop("head", {})
     raw["model"].update(backbone=backbone, **model)
     raw["model"]["head"].update(head)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import PARAMS_YAML
 from matplotlib.image import imread
 
 from pipeline import figures
@@ -129,7 +130,7 @@ def test_embedding_pcgrad_and_report_figures(tmp_path):
 
 
 def saved_member(tiny_bert: Path, directory: Path):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"]["backbone"] = str(tiny_bert)
     member = parse_params(raw).models["sst_single"]
     torch.manual_seed(0)

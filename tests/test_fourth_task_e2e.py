@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import PARAMS_YAML
 from test_pipeline_e2e import commit_and_repro, run, tiny_project
 
 from pipeline.config import load_params
@@ -55,7 +56,7 @@ def project(tmp_path_factory, tiny_bert, cs224n_dir, amazon_dir) -> Path:
     for split, rows in (("train", 40), ("dev", 30)):
         polarity_file(cs224n_dir, split, rows).to_csv(
             proj / "data" / "tasks" / f"polarity_{split}.csv", index=False)
-    default = yaml.safe_load((ROOT / "params.yaml").read_text())["augment"]["reviews"]["source"]
+    default = yaml.safe_load(PARAMS_YAML.read_text())["augment"]["reviews"]["source"]
     params["augment"]["reviews"]["source"] = default
     (proj / default).mkdir(parents=True)
     shutil.copy(ROOT / "data" / "reviews" / "README.md", proj / default / "README.md")

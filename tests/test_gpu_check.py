@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import PARAMS_YAML, ROOT
 
 from pipeline.config import load_params
 
@@ -70,7 +70,7 @@ def test_the_projection_counts_the_default_recipes_steps(check):
     figures = check[0]
     projection = figures["projection"]
     rows = projection["train_rows"]
-    for name, member in load_params(ROOT / "params.yaml").models.items():
+    for name, member in load_params(PARAMS_YAML).models.items():
         cfg, got = member.train, projection["members"][name]
         full_pass = {t: math.ceil(rows[t] / cfg.batch_size) for t in member.tasks}
         if cfg.schedule == "custom":  # its epochs on a fraction of one task, then round robin

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import PARAMS_YAML
 
 from pipeline.augment import llm_label
 from pipeline.augment.llm_label import (
@@ -454,7 +455,7 @@ def test_sample_mask_is_uniform_over_eligible_rows():
 
 def test_defaults_are_the_papers_base_model_5000_reviews_no_filter(model, tokenizer, prompt,
                                                                    tmp_path):
-    for cfg in (LlmConfig(), load_params(ROOT / "params.yaml").augment.llm):
+    for cfg in (LlmConfig(), load_params(PARAMS_YAML).augment.llm):
         assert cfg.model == "meta-llama/Meta-Llama-3-8B" and cfg.prompt_format == "plain"
         assert (cfg.shots, cfg.max_reviews, cfg.min_confidence) == (11, 5000, None)
     scorer, cache = TransformersScorer(model, prompt), LabelCache(tmp_path / "c.jsonl")
@@ -559,7 +560,7 @@ def write_stage_inputs(tmp_path: Path, tokenizer, model, **llm) -> list[str]:
     model_dir = tmp_path / "tiny-llama"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     params["augment"]["llm"].update({"model": str(model_dir), "backend": "transformers",
                                      "device": "cpu", "shots": 5, "batch_size": 4,
                                      "cache_dir": str(tmp_path / "cache"), **llm})

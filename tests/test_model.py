@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PARAMS_YAML
 from torch import nn
 from transformers import AutoModel
 
@@ -442,7 +443,7 @@ def test_the_train_stage_says_so_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     write_prepared(tmp_path / "prepared")
     params = tmp_path / "params.yaml"
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"]["backbone"] = "bestfit-tests/no-such-model"
     params.write_text(yaml.safe_dump(raw))
     with pytest.raises(SystemExit) as done:
@@ -499,7 +500,7 @@ def test_an_fp16_checkpoint_loads_as_fp32_master_weights(tiny_bert, tmp_path):
 
 
 def member_config(tiny_bert: Path, name: str = "multitask", **model):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"].update(backbone=str(tiny_bert), **model)
     return parse_params(raw).models[name]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 from test_dvc_deps import STAGES, entry_paths, substitute
 from test_train import synthetic_frames
 
@@ -32,7 +32,7 @@ METRICS = {"sst_acc": 0.51234, "qqp_acc": 0.8871, "sts_pearson": 0.86549, "overa
 
 
 def params(backbone: str, **train) -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"]["backbone"] = backbone
     raw["train"].update(train)
     return raw
@@ -178,7 +178,7 @@ def test_train_and_ensemble_stages_write_the_cards(tiny_bert, tmp_path):
 
 
 def test_artifacts_are_the_train_stages_model_outs():
-    current = yaml.safe_load((ROOT / "params.yaml").read_text())
+    current = yaml.safe_load(PARAMS_YAML.read_text())
     artifacts = substitute(yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"],
                            current)
     assert set(artifacts) == set(current["models"])  # every member is an artifact
@@ -192,7 +192,7 @@ def test_artifacts_are_the_train_stages_model_outs():
 
 @pytest.mark.parametrize("seeds", [[13, 11]])
 def test_artifact_paths_follow_the_first_seed(seeds):
-    current = yaml.safe_load((ROOT / "params.yaml").read_text())
+    current = yaml.safe_load(PARAMS_YAML.read_text())
     artifacts = substitute(yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"],
                            {**current, "seeds": seeds})
     assert {a["path"] for a in artifacts.values()} == {

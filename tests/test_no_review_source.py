@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 from test_train import synthetic_frames
 
 from pipeline.augment.llm_label import COLUMNS as LLM_COLUMNS
@@ -39,7 +39,7 @@ ROWS = 12  # synthetic rows per task and split
 def write_params(tmp: Path, tiny_bert: Path | None = None) -> Path:
     """params.yaml's defaults, but for a tiny CPU training run of `multitask` (all three tasks,
     asking for both review sources) when ``tiny_bert`` is given."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["augment"]["reviews"]["cache_dir"] = str(tmp / "cache" / "embeddings")
     raw["augment"]["llm"]["cache_dir"] = str(tmp / "cache" / "llm_labels")
     if tiny_bert is not None:
@@ -136,7 +136,7 @@ def test_a_directory_of_notes_is_no_review_source(tmp_path, make):
 
 
 def test_the_default_source_is_the_committed_directory_and_its_readme_gives_the_formats():
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(PARAMS_YAML)
     assert params.augment.reviews.source == "data/reviews"
     readme = (COMMITTED / "README.md").read_text()
     for suffix in REVIEW_SUFFIXES:

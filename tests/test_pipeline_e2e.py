@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import PARAMS_YAML
 from dvc_render.base import Renderer
 
 from pipeline.data import SPLITS, load_prepared
@@ -54,8 +55,9 @@ def tiny_project(tmp: Path, tiny_bert: Path, cs224n_dir: Path, amazon_dir: Path
     and a tiny random BERT, CPU-sized; returns it with its params (not yet written)."""
     proj = tmp / "proj"
     proj.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, proj / name)
+    shutil.copy(PARAMS_YAML, proj / "params.yaml")
     for name in ("stages", "pipeline", ".dvc", "data/tasks"):
         shutil.copytree(ROOT / name, proj / name,
                         ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
@@ -71,7 +73,7 @@ def tiny_project(tmp: Path, tiny_bert: Path, cs224n_dir: Path, amazon_dir: Path
     for src in amazon_dir.glob("*.jsonl"):
         head_lines(src, reviews / src.name, 60)
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     params["data"]["source"] = str(data)
     params["model"]["backbone"] = str(tiny_bert)
     params["train"].update(epochs=2, batches_per_epoch=4, batch_size=4, eval_batch_size=64,

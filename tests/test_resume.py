@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import PARAMS_YAML
 from test_checkpoint import WritesMarker
 from test_train import member_for, synthetic_frames
 
@@ -208,7 +209,7 @@ def train_command(work: Path, out: str) -> list[str]:
 
 
 def test_kill_9_mid_epoch_then_rerun_gives_identical_outputs(tiny_bert, tmp_path):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"]["backbone"] = str(tiny_bert)
     raw["smart"]["lambda"] = 0.0
     raw["train"].update({"epochs": 2, "batches_per_epoch": 40, "batch_size": 4,

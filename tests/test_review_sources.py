@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import PARAMS_YAML
 
 import pipeline.augment.reviews as reviews_module
 from pipeline.augment.reviews import (
@@ -392,7 +393,7 @@ def test_a_file_without_review_beside_good_ones_is_a_warning(tmp_path, capsys):
 
 def run_filter_reviews(tmp: Path, source: Path) -> subprocess.CompletedProcess:
     """stages/filter_reviews.py on ``source`` and a tiny SST train table, random selection."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["augment"]["reviews"].update(asdict(RANDOM) | {"source": str(source)})
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (tmp / "prep").mkdir()

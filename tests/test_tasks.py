@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from conftest import PARAMS_YAML
 from scipy.stats import spearmanr
 
 from pipeline.config import ConfigError, load_params, parse_params
@@ -39,7 +39,7 @@ def declared(name: str = "nli", **spec) -> dict:
 def test_params_yaml_declares_exactly_the_built_in_cs224n_tasks():
     # Two homes for one fact would drift: params.yaml's section is what a user edits, the
     # built-in one what a params file without `tasks:` (or an older saved member) gets.
-    assert load_params(ROOT / "params.yaml").tasks == default_tasks()
+    assert load_params(PARAMS_YAML).tasks == default_tasks()
 
 
 def test_kinds_fill_in_their_defaults():

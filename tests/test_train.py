@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import load_stage
+from conftest import PARAMS_YAML, load_stage
 from metric_bounds import assert_scores_follow_predictions
 
 from pipeline.batching import collate, tokenize_member_data
@@ -64,7 +64,7 @@ def synthetic_frames(n: int, seed: int) -> dict[str, dict[str, pd.DataFrame]]:
 
 
 def member_for(tiny_bert: Path, **train_overrides):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["model"]["backbone"] = str(tiny_bert)
     raw["smart"]["lambda"] = 0.0  # the default recipe's SMART(10); tests opt in
     raw["train"].update({"epochs": 3, "batches_per_epoch": 6, "batch_size": 4,

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import PARAMS_YAML
 
 from pipeline.trial_channel import (
     STOPPED,
@@ -77,7 +78,7 @@ def fake_run(tmp_path: Path) -> TrialRun:
 
 
 def test_the_committed_study_is_valid_params():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     spec = load_spec(ROOT / "experiments" / "tune_cpu.yaml", ROOT / "runs-test-unused", params)
     assert spec.set["model.backbone"] == "minilm"  # from experiments/cpu_main.yaml
     assert spec.prune.member == "multitask" and spec.objectives == ["overall"]
@@ -101,7 +102,7 @@ def test_a_wrong_study_file_names_the_key(tmp_path, changes, message):
 
 
 def test_a_value_params_refuse_is_refused_before_any_trial(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS_YAML.read_text())
     path = write_spec(tmp_path, space={"mtl.aggregator": {"choices": [None, "adam"]}})
     with pytest.raises(TuneError, match=r"space.mtl.aggregator = 'adam'"):
         load_spec(path, tmp_path, params)
