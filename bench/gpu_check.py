@@ -18,11 +18,11 @@ network, no dvc or dvclive (the train stage runs with ``--no-live``). It prints,
   epoch 2 after a checkpoint there, run again, and compared with the same run left alone
   (``bench_resume``'s functions): bitwise; if not, a second uninterrupted run says whether the
   device's own nondeterminism explains the difference;
-- ``projection``: the default ``params.yaml``'s members' steps (``plan_epochs`` over CS224N's
-  full training sets: multitask's 4 QQP epochs over 80% of QQP then 8 × 2000 round-robin
-  batches, sst_single's 12 × 2000) times the measured plain step at each member's batch,
-  × the SMART ratio where SMART is on; dev and test scoring estimated as a forward pass (1/3 of a
-  training step) per example.
+- ``projection``: the members' steps of ``--params`` (default the checkout's ``params.yaml``;
+  ``plan_epochs`` over CS224N's full training sets: multitask's 4 QQP epochs over 80% of QQP
+  then 8 × 2000 round-robin batches, sst_single's 12 × 2000) times the measured plain step at
+  each member's batch, × the SMART ratio where SMART is on; dev and test scoring estimated as a
+  forward pass (1/3 of a training step) per example.
 
 Without ``--data`` (a directory of the CS224N files) it trains on synthetic CS224N-format files
 of the real files' sentence lengths. Without ``--minilm`` (a MiniLM copy: its tokenizer is
@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                           "(default: by its name)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--small", action="store_true", help="tiny sizes, on the CPU: seconds")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
+                        help="the recipe the projection counts (default: the checkout's)")
     return parser.parse_args(argv)
 
 
@@ -416,13 +418,12 @@ def main(argv: list[str] | None = None) -> int:
             work / "resume", source, resume_backbone, args, sizes))
 
         def projection() -> dict:
-            batches = {m.train.batch_size for m in load_params(ROOT / "params.yaml")
-                       .models.values()}
+            batches = {m.train.batch_size for m in load_params(args.params).models.values()}
             step = {b: measure_mfu(throughput, prepared, args, sizes["mfu_steps"], precision,
                                    b)["step_seconds"] for b in batches - {BATCH}}
             if BATCH in batches:
                 step[BATCH] = figures["mfu"]["step_seconds"]
-            return project(step, figures["step_cost"]["ratio"], ROOT / "params.yaml")
+            return project(step, figures["step_cost"]["ratio"], args.params)
 
         figures["projection"] = attempt("projection", failures, projection)
     figures["seconds"] = time.perf_counter() - began

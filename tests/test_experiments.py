@@ -223,8 +223,9 @@ def test_run_without_dvc_then_report(tmp_path, tiny_bert, cs224n_dir, amazon_dir
     out = tmp_path / "runs"
     for runs in ("ref", "fast"):  # a matrix run in two goes: the second adds to the first
         subprocess.run([*script, "run", "--scale", "tiny", "--data", str(data), "--out",
-                        str(out), "--runs", runs, "--jobs", "2", "--no-live", "--set",
-                        "train.eval_batch_size=16"], cwd=ROOT, check=True, capture_output=True)
+                        str(out), "--runs", runs, "--jobs", "2", "--no-live", "--params",
+                        str(PARAMS_YAML), "--set", "train.eval_batch_size=16"], cwd=ROOT,
+                       check=True, capture_output=True)
     results = json.loads((out / "results.json").read_text())
     assert sorted(results) == ["fast", "ref"]
     for run in results:

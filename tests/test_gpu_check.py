@@ -22,7 +22,8 @@ PEAK = 0.5  # TFLOP/s: a CPU has no known peak; the MFU is then achieved / this
 def check(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("gpu-check")
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--small",
-                           "--threads", "1", "--peak-tflops", str(PEAK), "--out", str(out)],
+                           "--threads", "1", "--peak-tflops", str(PEAK), "--out", str(out),
+                           "--params", str(PARAMS_YAML)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads((out / "gpu_check.json").read_text()), done.stdout
